@@ -1,0 +1,67 @@
+#include "core/attention.h"
+
+namespace hybridmoe {
+
+std::pair<at::Tensor, at::Tensor> rope_tables(int64_t seq_len, int64_t head_dim, double theta) {
+  const at::Tensor inv_freq =
+      at::pow(theta, at::arange(0, head_dim, 2, at::kDouble) / static_cast<double>(head_dim)).reciprocal();
+  const at::Tensor angles = at::outer(at::arange(seq_len, at::kDouble), inv_freq);  // [S, h_d/2]
+  const at::Tensor full = at::cat({angles, angles}, -1);                            // [S, h_d]
+  return {full.cos().to(at::kFloat), full.sin().to(at::kFloat)};
+}
+
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  const at::Tensor rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+  return x * cos.to(x.scalar_type()) + rotated * sin.to(x.scalar_type());
+}
+
+AttentionImpl::AttentionImpl(const AttentionOptions& o) : options(o) {
+  TORCH_CHECK(o.d_model % o.n_heads == 0, "d_model must be divisible by n_heads");
+  const int64_t d = o.d_model;
+  wq = register_parameter("wq", at::empty({d, d}));
+  wk = register_parameter("wk", at::empty({d, d}));
+  wv = register_parameter("wv", at::empty({d, d}));
+  wo = register_parameter("wo", at::empty({d, d}));
+  NormOptions norm_options(o.per_head_norm ? d / o.n_heads : d);
+  norm_options.kind = o.norm_kind;
+  norm_options.eps = o.eps;
+  if (o.q_norm) q_norm = register_module("q_norm", Norm(norm_options));
+  if (o.k_norm) k_norm = register_module("k_norm", Norm(norm_options));
+  if (o.v_norm) v_norm = register_module("v_norm", Norm(norm_options));
+  if (o.head_scale) head_scale = register_parameter("head_scale", at::ones({o.n_heads}));
+}
+
+void AttentionImpl::reset_parameters(const InitPlan& plan, const std::string& prefix) {
+  trunc_normal_(wq, plan.std_in, InitSeed(plan.seed, prefix + "wq"));
+  trunc_normal_(wk, plan.std_in, InitSeed(plan.seed, prefix + "wk"));
+  trunc_normal_(wv, plan.std_in * plan.residual_scale, InitSeed(plan.seed, prefix + "wv"));
+  trunc_normal_(wo, plan.std_out * plan.residual_scale, InitSeed(plan.seed, prefix + "wo"));
+  at::NoGradGuard no_grad;
+  for (Norm* n : {&q_norm, &k_norm, &v_norm}) {
+    if (!n->is_empty()) (*n)->reset_parameters();
+  }
+  if (head_scale.defined()) head_scale.fill_(1.0);
+}
+
+at::Tensor AttentionImpl::forward(const at::Tensor& x_BSD) {
+  const int64_t B = x_BSD.size(0), S = x_BSD.size(1), D = options.d_model, H = options.n_heads, hd = D / H;
+  auto project = [&](const at::Tensor& w, Norm& norm) {
+    at::Tensor y = at::matmul(x_BSD, w.t());
+    if (!norm.is_empty() && !options.per_head_norm) y = norm(y);
+    y = y.view({B, S, H, hd});
+    if (!norm.is_empty() && options.per_head_norm) y = norm(y);
+    return y.transpose(1, 2);  // [B, H, S, h_d]
+  };
+  at::Tensor q = project(wq, q_norm);
+  at::Tensor k = project(wk, k_norm);
+  at::Tensor v = project(wv, v_norm);
+  if (!cos_.defined() || cos_.size(0) != S) std::tie(cos_, sin_) = rope_tables(S, hd, options.rope_theta);
+  q = apply_rope(q, cos_, sin_);
+  k = apply_rope(k, cos_, sin_);
+  at::Tensor out = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/true);
+  if (head_scale.defined()) out = out * head_scale.view({1, H, 1, 1});
+  return at::matmul(out.transpose(1, 2).reshape({B, S, D}), wo.t());
+}
+
+}  // namespace hybridmoe

@@ -1,0 +1,33 @@
+// Loading and validating a TrainConfig.
+//
+// LoadConfig reads a text-format file, merges each `--override` text (repeated fields in an override
+// replace the file's), fills the defaults that depend on other fields, and runs ValidateConfig. Every
+// error is one line naming the file or field path, the bad value and what is allowed, e.g.
+//   model.moe.top_k (9) must be in [1, model.moe.num_experts (8)]
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "proto/config.pb.h"
+
+namespace hybridmoe {
+
+// Parses `path` (text format) and applies `overrides` in order.
+absl::StatusOr<TrainConfig> LoadConfig(const std::string& path, const std::vector<std::string>& overrides);
+
+// Parses a config from text (no file); `origin` names it in errors.
+absl::StatusOr<TrainConfig> ParseConfigText(const std::string& text, const std::string& origin);
+
+// Fills fields whose default depends on others (data.train defaults to the bundled corpus).
+void ResolveDefaults(TrainConfig& config);
+
+// Every rule on every field; `world_size` is the number of ranks of the launch (1 when not distributed).
+// When `check_files` is set, data files must exist.
+absl::Status ValidateConfig(const TrainConfig& config, int world_size = 1, bool check_files = true);
+
+// Text-format rendering of the resolved config (written to the run directory).
+std::string ConfigToText(const TrainConfig& config);
+
+}  // namespace hybridmoe

@@ -1,0 +1,77 @@
+// Token data: memory-mapped token files and deterministic batch sampling.
+//
+// A TokenFile is a read-only memory map of a token stream: raw little-endian uint16/uint32 ids (the OLMo /
+// nanoGPT `.bin` layout). Ids are checked against the vocabulary when read, so a bad file fails with the
+// file, position and value rather than corrupting training.
+// Sampling is a pure function of (seed, step, global sample index): sample g of step s takes a window of
+// seq_len + 1 tokens from a file chosen by weight, at an offset drawn from a counter-based hash. A run
+// resumed at step s, or re-sharded over a different number of ranks, therefore reads exactly the batches
+// of an uninterrupted run. Validation uses fixed, evenly spaced windows of the held-out file.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "absl/status/statusor.h"
+#include "proto/config.pb.h"
+
+namespace hybridmoe {
+
+class TokenFile {
+ public:
+  static absl::StatusOr<std::unique_ptr<TokenFile>> Open(const std::string& path, DataConfig::Format format,
+                                                         DataConfig::Dtype dtype, int64_t vocab_size);
+  ~TokenFile();
+  TokenFile(const TokenFile&) = delete;
+  TokenFile& operator=(const TokenFile&) = delete;
+
+  int64_t num_tokens() const { return num_tokens_; }
+  const std::string& path() const { return path_; }
+  // Copies tokens [offset, offset + n) into out as int64; errors name the file and the bad id.
+  absl::Status Read(int64_t offset, int64_t n, int64_t* out) const;
+
+ private:
+  TokenFile() = default;
+  std::string path_;
+  void* map_ = nullptr;
+  size_t map_bytes_ = 0;
+  const uint8_t* data_ = nullptr;  // first token
+  int64_t num_tokens_ = 0;
+  int bytes_per_token_ = 2;
+  int64_t vocab_size_ = 0;
+};
+
+struct Batch {
+  at::Tensor inputs;   // int64 [B, S]
+  at::Tensor targets;  // int64 [B, S] (inputs shifted by one)
+};
+
+class DataLoader {
+ public:
+  // Opens every data.train file (mixed by weight) and data.validation (if set).
+  static absl::StatusOr<std::unique_ptr<DataLoader>> Create(const DataConfig& config, int64_t vocab_size,
+                                                            uint64_t seed);
+  // Samples [first, first + count) of the global batch of `step` (global_batch samples per step).
+  absl::StatusOr<Batch> TrainBatch(int64_t step, int64_t global_batch, int64_t first, int64_t count) const;
+  // Validation micro-batch `index` of `count` sequences (windows evenly spaced over the file).
+  absl::StatusOr<Batch> ValidationBatch(int64_t index, int64_t count, int64_t num_batches) const;
+  bool has_validation() const { return validation_ != nullptr; }
+
+ private:
+  absl::StatusOr<Batch> Gather(const std::vector<std::pair<const TokenFile*, int64_t>>& windows) const;
+
+  int64_t seq_len_ = 0;
+  uint64_t seed_ = 0;
+  std::vector<std::unique_ptr<TokenFile>> train_;
+  std::vector<double> cumulative_weight_;  // normalised, last = 1
+  std::unique_ptr<TokenFile> validation_;
+};
+
+// splitmix64: the counter-based hash behind sampling.
+uint64_t Mix64(uint64_t x);
+
+}  // namespace hybridmoe

@@ -1,0 +1,36 @@
+#include "core/norm.h"
+
+namespace hybridmoe {
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  const at::Tensor x32 = x.to(at::kFloat);
+  const at::Tensor normed = x32 * at::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return weight * normed.to(x.scalar_type());
+}
+
+at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps) {
+  return at::layer_norm(x, {x.size(-1)}, weight, bias, eps);
+}
+
+NormImpl::NormImpl(const NormOptions& options) : options(options) {
+  weight = register_parameter("weight", at::ones({options.dim}));
+  if (options.kind == NormKind::kLayer) bias = register_parameter("bias", at::zeros({options.dim}));
+}
+
+void NormImpl::reset_parameters() {
+  at::NoGradGuard no_grad;
+  weight.fill_(1.0);
+  if (bias.defined()) bias.zero_();
+}
+
+at::Tensor NormImpl::forward(const at::Tensor& x) {
+  switch (options.kind) {
+    case NormKind::kRms:
+      return rms_norm(x, weight, options.eps);
+    case NormKind::kLayer:
+      return layer_norm(x, weight, bias, options.eps);
+  }
+  TORCH_INTERNAL_ASSERT(false, "unknown norm kind");
+}
+
+}  // namespace hybridmoe

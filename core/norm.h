@@ -1,0 +1,42 @@
+// Normalisation layers (SPEC section 1).
+//
+// RMSNorm:   y = g * x / sqrt(mean(x^2) + eps), statistics in fp32 over the last dim, the normalised
+//            value cast back to the input dtype before the multiply by g. No bias.
+// LayerNorm: y = g * (x - mu) / sqrt(var + eps) + b.
+// The kind is a config choice independent of where norms sit (models/block.h decides that).
+// Parameter names ("weight", "bias") are checkpoint keys.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+namespace hybridmoe {
+
+enum class NormKind { kRms, kLayer };
+
+// Free functions: the math, usable on slices (e.g. one weight row per expert).
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps);
+
+struct NormOptions {
+  NormOptions(int64_t dim) : dim(dim) {}
+  int64_t dim;
+  NormKind kind = NormKind::kRms;
+  double eps = 1e-5;
+};
+
+class NormImpl : public torch::nn::Module {
+ public:
+  explicit NormImpl(const NormOptions& options);
+  at::Tensor forward(const at::Tensor& x);
+  void reset_parameters();
+
+  NormOptions options;
+  at::Tensor weight;
+  at::Tensor bias;  // LayerNorm only; undefined for RMSNorm.
+};
+TORCH_MODULE(Norm);
+
+}  // namespace hybridmoe

@@ -1,0 +1,73 @@
+#include "core/optim.h"
+
+#include <cmath>
+
+namespace hybridmoe {
+
+AdamW::AdamW(std::vector<std::pair<std::string, at::Tensor>> params, const AdamWOptions& options)
+    : params_(std::move(params)), options_(options) {
+  for (const auto& [name, p] : params_) {
+    exp_avg_.push_back(at::zeros_like(p));
+    exp_avg_sq_.push_back(at::zeros_like(p));
+  }
+}
+
+void AdamW::step(double lr) {
+  at::NoGradGuard no_grad;
+  ++step_;
+  const double b1 = options_.beta1, b2 = options_.beta2;
+  const double bias1 = 1.0 - std::pow(b1, static_cast<double>(step_));
+  const double bias2 = 1.0 - std::pow(b2, static_cast<double>(step_));
+  for (size_t i = 0; i < params_.size(); ++i) {
+    at::Tensor p = params_[i].second;
+    at::Tensor g = p.grad().defined() ? p.grad() : at::zeros_like(p);
+    p.mul_(1.0 - lr * options_.weight_decay);
+    exp_avg_[i].lerp_(g, 1.0 - b1);
+    exp_avg_sq_[i].mul_(b2).addcmul_(g, g, 1.0 - b2);
+    const at::Tensor denom = (exp_avg_sq_[i].sqrt() / std::sqrt(bias2)).add_(options_.eps);
+    p.addcdiv_(exp_avg_[i], denom, -lr / bias1);
+  }
+}
+
+std::vector<std::pair<std::string, at::Tensor>> AdamW::state() const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    out.emplace_back(params_[i].first + ".exp_avg", exp_avg_[i]);
+    out.emplace_back(params_[i].first + ".exp_avg_sq", exp_avg_sq_[i]);
+  }
+  return out;
+}
+
+double LearningRate(const ScheduleOptions& s, int64_t step) {
+  if (step < s.warmup_steps) {
+    const double frac = static_cast<double>(step) / static_cast<double>(s.warmup_steps);
+    return s.lr * (s.warmup_start_ratio + (1.0 - s.warmup_start_ratio) * frac);
+  }
+  const double decay_steps = static_cast<double>(std::max<int64_t>(1, s.total_steps - s.warmup_steps));
+  const double progress = std::min(1.0, static_cast<double>(step - s.warmup_steps) / decay_steps);
+  const double cosine = 0.5 * (1.0 + std::cos(M_PI * progress));
+  return s.lr * (s.min_lr_ratio + (1.0 - s.min_lr_ratio) * cosine);
+}
+
+double GradNorm(const std::vector<at::Tensor>& params) {
+  at::NoGradGuard no_grad;
+  double sum = 0;
+  for (const at::Tensor& p : params) {
+    if (p.grad().defined()) sum += p.grad().to(at::kDouble).pow(2).sum().item<double>();
+  }
+  return std::sqrt(sum);
+}
+
+double ClipGradNorm(const std::vector<at::Tensor>& params, double max_norm) {
+  const double norm = GradNorm(params);
+  if (max_norm > 0 && std::isfinite(norm) && norm > max_norm) {
+    at::NoGradGuard no_grad;
+    const double scale = max_norm / (norm + 1e-6);
+    for (const at::Tensor& p : params) {
+      if (p.grad().defined()) p.grad().mul_(scale);
+    }
+  }
+  return norm;
+}
+
+}  // namespace hybridmoe

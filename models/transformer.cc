@@ -1,0 +1,147 @@
+#include "models/transformer.h"
+
+#include <cmath>
+
+namespace hybridmoe {
+
+namespace {
+
+NormStrategy StrategyFromProto(NormConfig::Strategy s) {
+  switch (s) {
+    case NormConfig::PRE_NORM: return NormStrategy::kPreNorm;
+    case NormConfig::POST_NORM: return NormStrategy::kPostNorm;
+    case NormConfig::QK_NORM: return NormStrategy::kQkNorm;
+    case NormConfig::QKV_NORM: return NormStrategy::kQkvNorm;
+    case NormConfig::HYBRID_NORM: return NormStrategy::kHybridNorm;
+    case NormConfig::HYBRID_NORM_STAR: return NormStrategy::kHybridNormStar;
+    case NormConfig::MIX_LN: return NormStrategy::kMixLn;
+    case NormConfig::SANDWICH: return NormStrategy::kSandwich;
+    case NormConfig::DEEPNORM: return NormStrategy::kDeepNorm;
+    case NormConfig::NORMFORMER: return NormStrategy::kNormFormer;
+  }
+  TORCH_CHECK(false, "unknown norm strategy ", static_cast<int>(s));
+}
+
+}  // namespace
+
+TransformerOptions TransformerOptionsFromConfig(const ModelConfig& c) {
+  TransformerOptions o;
+  o.vocab_size = c.vocab_size();
+  o.d_model = c.d_model();
+  o.n_layers = c.n_layers();
+  o.n_heads = c.n_heads();
+  o.rope_theta = c.rope_theta();
+  o.dense_hidden = c.dense_hidden();
+  o.norm.strategy = StrategyFromProto(c.norm().strategy());
+  o.norm.kind = c.norm().kind() == NormConfig::LAYER ? NormKind::kLayer : NormKind::kRms;
+  o.norm.eps = c.norm().eps();
+  o.norm.per_head_qkv_norm =
+      c.norm().has_qk_norm_granularity() ? (c.norm().qk_norm_granularity() == NormConfig::PER_HEAD ? 1 : 0) : -1;
+  o.norm.mix_ln_alpha = c.norm().mix_ln_alpha();
+  o.norm.normformer_residual_scale = c.norm().normformer_residual_scale();
+  o.moe.d_model = c.d_model();
+  o.moe.num_experts = c.moe().num_experts();
+  o.moe.top_k = c.moe().top_k();
+  o.moe.hidden = c.moe().expert_hidden();
+  o.moe.normalize_topk = c.moe().normalize_topk();
+  o.moe.capacity_factor = c.moe().capacity_factor();
+  o.moe_every_n_layers = c.moe().every_n_layers();
+  o.lb_loss_weight = c.moe().lb_loss_weight();
+  o.z_loss_weight = c.moe().z_loss_weight();
+  o.init = c.init().scheme() == InitConfig::MEGATRON ? InitScheme::kMegatron : InitScheme::kNormal;
+  o.init_std = c.init().std();
+  return o;
+}
+
+bool IsMoeLayer(int64_t layer, int64_t every_n_layers) {
+  return every_n_layers > 0 && (layer + 1) % every_n_layers == 0;
+}
+
+InitPlan MakeInitPlan(const TransformerOptions& o, uint64_t seed) {
+  InitPlan plan;
+  plan.seed = seed;
+  switch (o.init) {
+    case InitScheme::kNormal:
+      plan.std_in = plan.std_out = plan.std_head = o.init_std;
+      break;
+    case InitScheme::kMegatron: {
+      const double s = std::sqrt(2.0 / (5.0 * static_cast<double>(o.d_model)));
+      plan.std_in = s;
+      plan.std_out = s / std::sqrt(2.0 * static_cast<double>(o.n_layers));
+      plan.std_head = 1.0 / std::sqrt(static_cast<double>(o.d_model));
+      break;
+    }
+  }
+  plan.residual_scale = ResidualInitScale(o.norm, o.n_layers);
+  return plan;
+}
+
+TransformerImpl::TransformerImpl(const TransformerOptions& o) : options(o) {
+  embed = register_parameter("embed", at::empty({o.vocab_size, o.d_model}));
+  auto list = register_module("blocks", torch::nn::ModuleList());
+  for (int64_t i = 0; i < o.n_layers; ++i) {
+    BlockOptions b;
+    b.layer = i;
+    b.n_layers = o.n_layers;
+    b.attention.d_model = o.d_model;
+    b.attention.n_heads = o.n_heads;
+    b.attention.rope_theta = o.rope_theta;
+    b.norm = o.norm;
+    b.moe = IsMoeLayer(i, o.moe_every_n_layers);
+    b.ffn.d_model = o.d_model;
+    b.ffn.hidden = o.dense_hidden;
+    b.moe_options = o.moe;
+    blocks.push_back(TransformerBlock(b));
+    list->push_back(blocks.back());
+  }
+  NormOptions n(o.d_model);
+  n.kind = o.norm.kind;
+  n.eps = o.norm.eps;
+  final_norm = register_module("final_norm", Norm(n));
+  lm_head = register_parameter("lm_head", at::empty({o.vocab_size, o.d_model}));
+}
+
+void TransformerImpl::reset_parameters(uint64_t seed) {
+  const InitPlan plan = MakeInitPlan(options, seed);
+  trunc_normal_(embed, plan.std_in, InitSeed(seed, "embed"));
+  trunc_normal_(lm_head, plan.std_head, InitSeed(seed, "lm_head"));
+  for (size_t i = 0; i < blocks.size(); ++i) blocks[i]->reset_parameters(plan, "blocks." + std::to_string(i) + ".");
+  final_norm->reset_parameters();
+}
+
+std::vector<MoeLayer> TransformerImpl::moe_layers() const {
+  std::vector<MoeLayer> layers;
+  for (const auto& b : blocks) {
+    if (!b->moe.is_empty()) layers.push_back(b->moe);
+  }
+  return layers;
+}
+
+ModelOutput TransformerImpl::forward(const at::Tensor& tokens_BS, const at::Tensor& targets_BS) {
+  at::Tensor x = at::embedding(embed, tokens_BS);
+  std::vector<at::Tensor> lb, z;
+  for (auto& block : blocks) {
+    BlockOutput b = block(x);
+    x = b.x;
+    if (b.lb_loss.defined()) {
+      lb.push_back(b.lb_loss);
+      z.push_back(b.z_loss);
+    }
+  }
+  ModelOutput out;
+  out.logits = at::matmul(final_norm(x), lm_head.t());
+  if (!targets_BS.defined()) return out;
+  out.lm_loss = at::cross_entropy_loss(out.logits.reshape({-1, options.vocab_size}).to(at::kFloat),
+                                       targets_BS.reshape({-1}));
+  if (lb.empty()) {
+    out.lb_loss = at::zeros({}, out.lm_loss.options());
+    out.z_loss = at::zeros({}, out.lm_loss.options());
+  } else {
+    out.lb_loss = options.lb_loss_weight * at::stack(lb).mean();
+    out.z_loss = options.z_loss_weight * at::stack(z).mean();
+  }
+  out.loss = out.lm_loss + out.lb_loss + out.z_loss;
+  return out;
+}
+
+}  // namespace hybridmoe

@@ -1,0 +1,69 @@
+// The full model: token embedding -> blocks -> final norm -> untied LM head, and the training loss
+//   loss = token-mean cross-entropy + w_lb * mean_l LB_l + w_z * mean_l Z_l   (SPEC section 4),
+// the means taken over the MoE blocks. Model code is single-device; expert parallelism is applied from
+// outside by swapping each MoE layer's dispatcher (parallel/).
+// TransformerOptionsFromConfig is the one place where the config proto becomes module options.
+// Parameter names are checkpoint keys: embed, blocks.<i>.<...>, final_norm.weight, lm_head.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/pimpl.h>
+
+#include "models/block.h"
+#include "proto/config.pb.h"
+
+namespace hybridmoe {
+
+enum class InitScheme { kNormal, kMegatron };
+
+struct TransformerOptions {
+  int64_t vocab_size = 256;
+  int64_t d_model = 128;
+  int64_t n_layers = 4;
+  int64_t n_heads = 4;
+  double rope_theta = 10000;
+  int64_t dense_hidden = 512;
+  NormStrategyOptions norm;
+  MoeOptions moe;
+  int64_t moe_every_n_layers = 1;  // 0: no MoE block
+  double lb_loss_weight = 0.01;
+  double z_loss_weight = 0.001;
+  InitScheme init = InitScheme::kNormal;
+  double init_std = 0.02;
+};
+
+TransformerOptions TransformerOptionsFromConfig(const ModelConfig& config);
+// Whether block `layer` has an MoE FFN.
+bool IsMoeLayer(int64_t layer, int64_t every_n_layers);
+InitPlan MakeInitPlan(const TransformerOptions& options, uint64_t seed);
+
+struct ModelOutput {
+  at::Tensor logits;   // [B, S, V]
+  at::Tensor loss;     // lm_loss + weighted lb + weighted z (only with targets)
+  at::Tensor lm_loss;  // token-mean cross-entropy
+  at::Tensor lb_loss;  // w_lb * mean_l LB_l
+  at::Tensor z_loss;   // w_z * mean_l Z_l
+};
+
+class TransformerImpl : public torch::nn::Module {
+ public:
+  explicit TransformerImpl(const TransformerOptions& options);
+  // tokens_BS int64; targets_BS optional (undefined: logits only).
+  ModelOutput forward(const at::Tensor& tokens_BS, const at::Tensor& targets_BS = {});
+  void reset_parameters(uint64_t seed);
+  std::vector<MoeLayer> moe_layers() const;
+
+  TransformerOptions options;
+  at::Tensor embed;  // [V, D]
+  std::vector<TransformerBlock> blocks;  // also registered under "blocks" (a ModuleList)
+  Norm final_norm{nullptr};
+  at::Tensor lm_head;  // [V, D]
+};
+TORCH_MODULE(Transformer);
+
+}  // namespace hybridmoe

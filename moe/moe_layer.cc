@@ -1,0 +1,72 @@
+#include "moe/moe_layer.h"
+
+#include "moe/router.h"
+
+namespace hybridmoe {
+
+void RouterStats::reset() {
+  if (counts_E.defined()) counts_E.zero_();
+  lb_loss_sum = z_loss_sum = entropy_sum = top1_prob_sum = 0;
+  tokens = dropped = forwards = 0;
+}
+
+MoeLayerImpl::MoeLayerImpl(const MoeOptions& o, std::shared_ptr<TokenDispatcher> d) : options(o) {
+  router = register_parameter("router", at::empty({o.num_experts, o.d_model}));
+  set_dispatcher(d ? std::move(d) : std::make_shared<LocalDispatcher>(o.num_experts));
+  stats.counts_E = at::zeros({o.num_experts}, at::kLong);
+}
+
+void MoeLayerImpl::set_dispatcher(std::shared_ptr<TokenDispatcher> d) {
+  dispatcher = std::move(d);
+  ExpertsOptions e;
+  e.num_local_experts = dispatcher->num_local_experts();
+  e.first_expert = dispatcher->first_local_expert();
+  e.d_model = options.d_model;
+  e.hidden = options.hidden;
+  e.hidden_norm = options.hidden_norm;
+  e.norm_kind = options.norm_kind;
+  e.eps = options.eps;
+  if (experts.is_empty()) {
+    experts = register_module("experts", GroupedExperts(e));
+  } else if (experts->options.first_expert != e.first_expert ||
+             experts->options.num_local_experts != e.num_local_experts) {
+    experts = replace_module("experts", GroupedExperts(e));
+  }
+}
+
+void MoeLayerImpl::reset_parameters(const InitPlan& plan, const std::string& prefix) {
+  trunc_normal_(router, plan.std_in, InitSeed(plan.seed, prefix + "router"));
+  experts->reset_parameters(plan, prefix + "experts.");
+}
+
+MoeOutput MoeLayerImpl::forward(const at::Tensor& x_TD) {
+  const int64_t T = x_TD.size(0), E = options.num_experts, K = options.top_k;
+  const Routing r = route(at::matmul(x_TD, router.t()), K, options.normalize_topk);
+  const Permutation p = permute_by_expert(r.experts_TK, r.weights_TK, r.topk_probs_TK, E,
+                                          expert_capacity(options.capacity_factor, T, K, E));
+
+  std::vector<int64_t> local_counts;
+  const at::Tensor x_SD = x_TD.index_select(0, p.token_S);
+  const at::Tensor local_y = experts(dispatcher->dispatch(x_SD, p.counts_E, local_counts), local_counts);
+  const at::Tensor y_SD = dispatcher->combine(local_y) * p.weight_S.unsqueeze(1).to(x_TD.scalar_type());
+  MoeOutput out;
+  out.y_TD = at::zeros_like(x_TD).index_add(0, p.token_S, y_SD);
+  out.lb_loss = load_balance_loss(r.probs_TE, r.experts_TK);
+  out.z_loss = router_z_loss(r.logits_TE);
+
+  if (collect_stats) {
+    at::NoGradGuard no_grad;
+    stats.counts_E += expert_counts(r.experts_TK, E).to(at::kCPU);
+    const at::Tensor log_p = at::log(r.probs_TE.clamp_min(1e-30));
+    stats.entropy_sum += -(r.probs_TE * log_p).sum().item<double>();
+    stats.top1_prob_sum += r.topk_probs_TK.select(1, 0).sum().item<double>();
+    stats.lb_loss_sum += out.lb_loss.item<double>();
+    stats.z_loss_sum += out.z_loss.item<double>();
+    stats.tokens += T;
+    stats.dropped += p.dropped;
+    stats.forwards += 1;
+  }
+  return out;
+}
+
+}  // namespace hybridmoe

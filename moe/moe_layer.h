@@ -1,0 +1,72 @@
+// The MoE layer: Router -> permutation -> TokenDispatcher -> GroupedExperts -> weighted un-permute.
+//
+// Legend: T tokens, D width, E experts, K top-k, S kept slots.
+// forward(x_TD) returns y_TD = sum_k w_tk * Expert_{e_tk}(x_t) and the layer's unweighted load-balance
+// and z losses (SPEC section 4; under expert parallelism f and P are this rank's micro-batch). Routing
+// counters accumulate into `stats` (buffers read and reset outside forward, by the trainer).
+// The dispatcher defaults to LocalDispatcher; the trainer swaps in the expert-parallel one.
+#pragma once
+
+#include <memory>
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+#include "core/init.h"
+#include "core/norm.h"
+#include "moe/dispatcher.h"
+#include "moe/experts.h"
+
+namespace hybridmoe {
+
+struct MoeOptions {
+  int64_t d_model = 128;
+  int64_t num_experts = 8;
+  int64_t top_k = 2;
+  int64_t hidden = 256;
+  bool normalize_topk = false;
+  double capacity_factor = 0;  // 0 = dropless
+  bool hidden_norm = false;    // NormFormer
+  NormKind norm_kind = NormKind::kRms;
+  double eps = 1e-5;
+};
+
+struct MoeOutput {
+  at::Tensor y_TD;
+  at::Tensor lb_loss;  // scalar, unweighted
+  at::Tensor z_loss;   // scalar, unweighted
+};
+
+// Routing counters since the last reset (all on CPU, no grad).
+struct RouterStats {
+  at::Tensor counts_E;          // int64 [E]: slots routed to each expert (before capacity drops)
+  double lb_loss_sum = 0;       // sum over forwards of the layer's LB loss
+  double z_loss_sum = 0;
+  double entropy_sum = 0;       // sum over tokens of the router softmax entropy (nats)
+  double top1_prob_sum = 0;     // sum over tokens of the largest router probability
+  int64_t tokens = 0;
+  int64_t dropped = 0;
+  int64_t forwards = 0;
+  void reset();
+};
+
+class MoeLayerImpl : public torch::nn::Module {
+ public:
+  explicit MoeLayerImpl(const MoeOptions& options, std::shared_ptr<TokenDispatcher> dispatcher = nullptr);
+  MoeOutput forward(const at::Tensor& x_TD);
+  void reset_parameters(const InitPlan& plan, const std::string& prefix);
+  // Replaces the dispatcher (and the local expert shard) - used by expert parallelism.
+  void set_dispatcher(std::shared_ptr<TokenDispatcher> dispatcher);
+
+  MoeOptions options;
+  at::Tensor router;  // [E, D]
+  GroupedExperts experts{nullptr};
+  std::shared_ptr<TokenDispatcher> dispatcher;
+  RouterStats stats;
+  bool collect_stats = true;
+};
+TORCH_MODULE(MoeLayer);
+
+}  // namespace hybridmoe
