@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "core/status.h"
 #include "google/protobuf/io/tokenizer.h"
+#include "google/protobuf/descriptor.h"
 #include "google/protobuf/text_format.h"
 
 namespace hybridmoe {
@@ -85,8 +86,53 @@ absl::StatusOr<TrainConfig> LoadConfig(const std::string& path, const std::vecto
   return config;
 }
 
+namespace {
+
+// Sets every unset scalar field to its declared default, recursively, so the resolved config written to
+// a run directory shows every value the run used.
+void FillDefaults(google::protobuf::Message& message) {
+  const google::protobuf::Descriptor* d = message.GetDescriptor();
+  const google::protobuf::Reflection* r = message.GetReflection();
+  using FD = google::protobuf::FieldDescriptor;
+  for (int i = 0; i < d->field_count(); ++i) {
+    const FD* f = d->field(i);
+    if (f->is_repeated()) {
+      if (f->cpp_type() == FD::CPPTYPE_MESSAGE) {
+        for (int j = 0; j < r->FieldSize(message, f); ++j) FillDefaults(*r->MutableRepeatedMessage(&message, f, j));
+      }
+      continue;
+    }
+    if (f->cpp_type() == FD::CPPTYPE_MESSAGE) {
+      FillDefaults(*r->MutableMessage(&message, f));
+      continue;
+    }
+    if (r->HasField(message, f) || f->real_containing_oneof() != nullptr) continue;
+    switch (f->cpp_type()) {
+      case FD::CPPTYPE_INT32: r->SetInt32(&message, f, f->default_value_int32()); break;
+      case FD::CPPTYPE_INT64: r->SetInt64(&message, f, f->default_value_int64()); break;
+      case FD::CPPTYPE_UINT32: r->SetUInt32(&message, f, f->default_value_uint32()); break;
+      case FD::CPPTYPE_UINT64: r->SetUInt64(&message, f, f->default_value_uint64()); break;
+      case FD::CPPTYPE_DOUBLE: r->SetDouble(&message, f, f->default_value_double()); break;
+      case FD::CPPTYPE_FLOAT: r->SetFloat(&message, f, f->default_value_float()); break;
+      case FD::CPPTYPE_BOOL: r->SetBool(&message, f, f->default_value_bool()); break;
+      case FD::CPPTYPE_ENUM: r->SetEnum(&message, f, f->default_value_enum()); break;
+      case FD::CPPTYPE_STRING: r->SetString(&message, f, f->default_value_string()); break;
+      case FD::CPPTYPE_MESSAGE: break;
+    }
+  }
+}
+
+}  // namespace
+
 void ResolveDefaults(TrainConfig& config) {
   if (config.data().train_size() == 0) config.mutable_data()->add_train()->set_path("data/corpus/train.bin");
+  NormConfig* norm = config.mutable_model()->mutable_norm();
+  if (!norm->has_qk_norm_granularity()) {
+    const bool per_head =
+        norm->strategy() == NormConfig::HYBRID_NORM || norm->strategy() == NormConfig::HYBRID_NORM_STAR;
+    norm->set_qk_norm_granularity(per_head ? NormConfig::PER_HEAD : NormConfig::FULL_WIDTH);
+  }
+  FillDefaults(config);
 }
 
 absl::Status ValidateConfig(const TrainConfig& config, int world_size, bool check_files) {
@@ -117,6 +163,9 @@ absl::Status ValidateConfig(const TrainConfig& config, int world_size, bool chec
   c.Range("model.moe.capacity_factor", moe.capacity_factor(), 0.0, 1e6);
   c.Range("model.moe.lb_loss_weight", moe.lb_loss_weight(), 0.0, 1e6);
   c.Range("model.moe.z_loss_weight", moe.z_loss_weight(), 0.0, 1e6);
+  c.Require(moe.router_logit_bias_size() == 0 || moe.router_logit_bias_size() == moe.num_experts(),
+            absl::StrCat("model.moe.router_logit_bias has ", moe.router_logit_bias_size(),
+                         " values; it must be empty or have model.moe.num_experts (", moe.num_experts(), ")"));
   c.Range("model.init.std", m.init().std(), 1e-8, 10.0);
 
   const DataConfig& d = config.data();

@@ -45,6 +45,7 @@ TransformerOptions TransformerOptionsFromConfig(const ModelConfig& c) {
   o.moe.hidden = c.moe().expert_hidden();
   o.moe.normalize_topk = c.moe().normalize_topk();
   o.moe.capacity_factor = c.moe().capacity_factor();
+  o.moe.router_logit_bias.assign(c.moe().router_logit_bias().begin(), c.moe().router_logit_bias().end());
   o.moe_every_n_layers = c.moe().every_n_layers();
   o.lb_loss_weight = c.moe().lb_loss_weight();
   o.z_loss_weight = c.moe().z_loss_weight();

@@ -35,6 +35,7 @@ Permutation permute_by_expert(const at::Tensor& experts_TK, const at::Tensor& we
 at::Tensor LocalDispatcher::dispatch(const at::Tensor& x_SD, const std::vector<int64_t>& counts_E,
                                      std::vector<int64_t>& local_counts) {
   local_counts = counts_E;
+  counters.rows_received += x_SD.size(0);
   return x_SD;
 }
 

@@ -28,9 +28,18 @@ struct Permutation {
 Permutation permute_by_expert(const at::Tensor& experts_TK, const at::Tensor& weights_TK,
                               const at::Tensor& priority_TK, int64_t num_experts, int64_t capacity);
 
+// Accumulated by dispatcher implementations between resets (read outside forward, for router statistics).
+struct DispatchCounters {
+  double exchange_seconds = 0;  // wall time spent in token exchanges (all-to-all), forward and backward
+  int64_t rows_received = 0;    // rows this rank's experts received in dispatch()
+  int64_t rows_sent = 0;        // rows this rank sent away in dispatch()
+  void reset() { *this = DispatchCounters(); }
+};
+
 class TokenDispatcher {
  public:
   virtual ~TokenDispatcher() = default;
+  DispatchCounters counters;
   // x_SD: slots sorted by global expert with `counts_E` slots per expert. Returns the rows this rank's
   // experts process, grouped by local expert, and their per-local-expert counts in `local_counts`.
   virtual at::Tensor dispatch(const at::Tensor& x_SD, const std::vector<int64_t>& counts_E,

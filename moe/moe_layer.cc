@@ -41,7 +41,11 @@ void MoeLayerImpl::reset_parameters(const InitPlan& plan, const std::string& pre
 
 MoeOutput MoeLayerImpl::forward(const at::Tensor& x_TD) {
   const int64_t T = x_TD.size(0), E = options.num_experts, K = options.top_k;
-  const Routing r = route(at::matmul(x_TD, router.t()), K, options.normalize_topk);
+  at::Tensor logits_TE = at::matmul(x_TD, router.t());
+  if (!options.router_logit_bias.empty()) {
+    logits_TE = logits_TE + at::tensor(options.router_logit_bias, at::kDouble).to(logits_TE.scalar_type());
+  }
+  const Routing r = route(logits_TE, K, options.normalize_topk);
   const Permutation p = permute_by_expert(r.experts_TK, r.weights_TK, r.topk_probs_TK, E,
                                           expert_capacity(options.capacity_factor, T, K, E));
 
@@ -54,6 +58,7 @@ MoeOutput MoeLayerImpl::forward(const at::Tensor& x_TD) {
   out.lb_loss = load_balance_loss(r.probs_TE, r.experts_TK);
   out.z_loss = router_z_loss(r.logits_TE);
 
+  if (keep_router_logits) last_router_logits = r.logits_TE.detach();
   if (collect_stats) {
     at::NoGradGuard no_grad;
     stats.counts_E += expert_counts(r.experts_TK, E).to(at::kCPU);

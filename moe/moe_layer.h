@@ -8,6 +8,7 @@
 #pragma once
 
 #include <memory>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
@@ -28,6 +29,7 @@ struct MoeOptions {
   int64_t hidden = 256;
   bool normalize_topk = false;
   double capacity_factor = 0;  // 0 = dropless
+  std::vector<double> router_logit_bias;  // fixed per-expert logit bias (empty = none)
   bool hidden_norm = false;    // NormFormer
   NormKind norm_kind = NormKind::kRms;
   double eps = 1e-5;
@@ -66,6 +68,9 @@ class MoeLayerImpl : public torch::nn::Module {
   std::shared_ptr<TokenDispatcher> dispatcher;
   RouterStats stats;
   bool collect_stats = true;
+  // When set, forward() keeps the fp32 router logits [T, E] of the last call (parity checks, eval dumps).
+  bool keep_router_logits = false;
+  at::Tensor last_router_logits;
 };
 TORCH_MODULE(MoeLayer);
 

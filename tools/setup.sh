@@ -27,6 +27,7 @@ APT_PACKAGES=(
   openmpi-bin libopenmpi-dev
   fortunes fortunes-min dict-jargon dict-devil
   python3 python3-venv
+  chromium slurm-wlm munge
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -59,7 +60,7 @@ libtorch="${LIBTORCH_HOME:-$("$VENV/bin/python" -c 'import os, torch; print(os.p
   exit 1
 }
 echo "build --repo_env=LIBTORCH_HOME=$libtorch" > .bazelrc.local.new
-echo "build --action_env=HYBRIDMOE_VENV=$VENV" >> .bazelrc.local.new
+echo "build --test_env=HYBRIDMOE_VENV=$VENV" >> .bazelrc.local.new
 cmp -s .bazelrc.local.new .bazelrc.local 2>/dev/null && rm .bazelrc.local.new || mv .bazelrc.local.new .bazelrc.local
 
 if [[ ! -f data/corpus/train.bin || ! -f data/corpus/val.bin || tools/make_corpus.py -nt data/corpus/train.bin ]]; then

@@ -1,0 +1,204 @@
+#include "moe/router_stats.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "core/status.h"
+
+namespace hybridmoe {
+namespace {
+
+constexpr int kScalarsPerLayer = 7;  // lb, z, entropy, top1, tokens, dropped, forwards
+
+double UnixSeconds() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+template <typename T>
+double Sum(const std::vector<T>& v) {
+  double s = 0;
+  for (const T& x : v) s += static_cast<double>(x);
+  return s;
+}
+
+}  // namespace
+
+LoadStats ComputeLoadStats(const std::vector<int64_t>& counts_E, int64_t tokens) {
+  LoadStats s;
+  const size_t E = counts_E.size();
+  if (E == 0) return s;
+  s.mean_load = Sum(counts_E) / static_cast<double>(E);
+  s.max_load = static_cast<double>(counts_E[0]);
+  s.min_load = s.max_load;
+  s.hottest = 0;
+  double squares = 0;
+  for (size_t e = 0; e < E; ++e) {
+    const double c = static_cast<double>(counts_E[e]);
+    if (c > s.max_load) {
+      s.max_load = c;
+      s.hottest = static_cast<int>(e);
+    }
+    s.min_load = std::min(s.min_load, c);
+    s.dead_experts += counts_E[e] == 0;
+    squares += (c - s.mean_load) * (c - s.mean_load);
+  }
+  if (s.mean_load > 0) {
+    s.max_over_mean = s.max_load / s.mean_load;
+    s.cv = std::sqrt(squares / static_cast<double>(E)) / s.mean_load;
+  }
+  if (tokens > 0) s.hottest_share = s.max_load / static_cast<double>(tokens);
+  return s;
+}
+
+RouterStepRecord MakeRouterRecord(int64_t step, int layer, int top_k, const RouterCounters& c) {
+  RouterStepRecord r;
+  r.set_step(step);
+  r.set_layer(layer);
+  r.set_num_experts(static_cast<int>(c.counts_E.size()));
+  r.set_top_k(top_k);
+  r.set_tokens(c.tokens);
+  r.set_forwards(c.forwards);
+  for (int64_t n : c.counts_E) r.add_counts(n);
+  const double forwards = std::max<int64_t>(c.forwards, 1), tokens = std::max<int64_t>(c.tokens, 1);
+  r.set_lb_loss(c.lb_loss_sum / forwards);
+  r.set_z_loss(c.z_loss_sum / forwards);
+  const LoadStats s = ComputeLoadStats(c.counts_E, c.tokens);
+  r.set_mean_load(s.mean_load);
+  r.set_max_load(s.max_load);
+  r.set_min_load(s.min_load);
+  r.set_max_over_mean(s.max_over_mean);
+  r.set_cv(s.cv);
+  r.set_dead_experts(s.dead_experts);
+  r.set_entropy_mean(c.entropy_sum / tokens);
+  r.set_top1_mean(c.top1_sum / tokens);
+  r.set_dropped(c.dropped);
+  double slowest = 0;
+  for (int64_t n : c.rows_received_R) r.add_tokens_received_per_rank(n);
+  for (double t : c.exchange_seconds_R) {
+    r.add_all_to_all_seconds_per_rank(t);
+    slowest = std::max(slowest, t);
+  }
+  r.set_all_to_all_seconds(slowest);
+  r.set_ep_size(static_cast<int>(c.rows_received_R.size()));
+  r.set_wall_time(UnixSeconds());
+  return r;
+}
+
+std::vector<std::pair<std::string, double>> SummarizeRouterRecords(const std::vector<RouterStepRecord>& records) {
+  std::vector<std::pair<std::string, double>> out;
+  if (records.empty()) return out;
+  double max_mom = 0, min_mom = INFINITY, cv = 0, dead = 0, entropy = 0, top1 = 0, lb = 0, z = 0, dropped = 0,
+         a2a = 0;
+  for (const RouterStepRecord& r : records) {
+    max_mom = std::max(max_mom, r.max_over_mean());
+    min_mom = std::min(min_mom, r.mean_load() > 0 ? r.min_load() / r.mean_load() : 0.0);
+    cv += r.cv();
+    dead += r.dead_experts();
+    entropy += r.entropy_mean();
+    top1 += r.top1_mean();
+    lb += r.lb_loss();
+    z += r.z_loss();
+    dropped += static_cast<double>(r.dropped());
+    a2a += r.all_to_all_seconds();
+  }
+  const double n = static_cast<double>(records.size());
+  out = {{"router/max_over_mean", max_mom}, {"router/min_over_mean", min_mom}, {"router/cv_mean", cv / n},
+         {"router/dead_experts", dead},     {"router/entropy_mean", entropy / n}, {"router/top1_mean", top1 / n},
+         {"router/lb_loss", lb / n},        {"router/z_loss", z / n},           {"router/dropped", dropped},
+         {"router/all_to_all_s", a2a}};
+  for (const RouterStepRecord& r : records) {
+    out.emplace_back(absl::StrCat("router/layer", r.layer(), "/max_over_mean"), r.max_over_mean());
+  }
+  return out;
+}
+
+std::vector<double> PackRouterCounters(const std::vector<MoeLayer>& layers, int ep_rank, int ep_size) {
+  std::vector<double> packed;
+  for (const MoeLayer& layer : layers) {
+    const RouterStats& s = layer->stats;
+    const at::Tensor counts = s.counts_E.to(at::kCPU).to(at::kLong).contiguous();
+    const int64_t* c = counts.data_ptr<int64_t>();
+    for (int64_t e = 0; e < counts.numel(); ++e) packed.push_back(static_cast<double>(c[e]));
+    packed.insert(packed.end(), {s.lb_loss_sum, s.z_loss_sum, s.entropy_sum, s.top1_prob_sum,
+                                 static_cast<double>(s.tokens), static_cast<double>(s.dropped),
+                                 static_cast<double>(s.forwards)});
+    const DispatchCounters& d = layer->dispatcher->counters;
+    const size_t received = packed.size();
+    packed.resize(packed.size() + 2 * static_cast<size_t>(ep_size), 0.0);
+    packed[received + ep_rank] = static_cast<double>(d.rows_received);
+    packed[received + ep_size + ep_rank] = d.exchange_seconds;
+  }
+  return packed;
+}
+
+absl::StatusOr<std::vector<RouterCounters>> UnpackRouterCounters(const std::vector<double>& packed,
+                                                                 const std::vector<MoeLayer>& layers, int ep_size) {
+  size_t expected = 0;
+  for (const MoeLayer& layer : layers) expected += layer->options.num_experts + kScalarsPerLayer + 2 * ep_size;
+  if (packed.size() != expected) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "router statistics: packed counters have %d values after the reduction, expected %d (%d layers, ep_size %d)",
+        packed.size(), expected, layers.size(), ep_size));
+  }
+  std::vector<RouterCounters> out;
+  size_t i = 0;
+  auto next = [&] { return packed[i++]; };
+  auto next_int = [&] { return static_cast<int64_t>(std::llround(packed[i++])); };
+  for (const MoeLayer& layer : layers) {
+    RouterCounters c;
+    for (int64_t e = 0; e < layer->options.num_experts; ++e) c.counts_E.push_back(next_int());
+    c.lb_loss_sum = next();
+    c.z_loss_sum = next();
+    c.entropy_sum = next();
+    c.top1_sum = next();
+    c.tokens = next_int();
+    c.dropped = next_int();
+    c.forwards = next_int();
+    for (int r = 0; r < ep_size; ++r) c.rows_received_R.push_back(next_int());
+    for (int r = 0; r < ep_size; ++r) c.exchange_seconds_R.push_back(next());
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<RouterStatsLogger>> RouterStatsLogger::Open(const std::string& run_dir) {
+  std::unique_ptr<RouterStatsLogger> logger(new RouterStatsLogger());
+  if (run_dir.empty()) return logger;
+  logger->path_ = run_dir + "/router_stats.pb";
+  ASSIGN_OR_RETURN(logger->writer_, RecordWriter::Open(logger->path_));
+  return logger;
+}
+
+absl::StatusOr<std::vector<std::pair<std::string, double>>> RouterStatsLogger::Log(
+    int64_t step, const std::vector<MoeLayer>& layers, int ep_rank, int ep_size,
+    const std::function<void(std::vector<double>&)>& sum_over_ranks) {
+  if (ep_size < 1 || ep_rank < 0 || ep_rank >= ep_size) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("router statistics: ep_rank %d must be in [0, ep_size %d)", ep_rank, ep_size));
+  }
+  std::vector<double> packed = PackRouterCounters(layers, ep_rank, ep_size);
+  if (sum_over_ranks) sum_over_ranks(packed);
+  ASSIGN_OR_RETURN(std::vector<RouterCounters> counters, UnpackRouterCounters(packed, layers, ep_size));
+  for (const MoeLayer& layer : layers) {
+    layer->stats.reset();
+    layer->dispatcher->counters.reset();
+  }
+  std::vector<RouterStepRecord> records;
+  std::vector<std::string> payloads;
+  for (size_t l = 0; l < counters.size(); ++l) {
+    if (counters[l].tokens <= 0) continue;
+    records.push_back(
+        MakeRouterRecord(step, static_cast<int>(l), static_cast<int>(layers[l]->options.top_k), counters[l]));
+    payloads.push_back(records.back().SerializeAsString());
+  }
+  if (writer_ && !payloads.empty()) RETURN_IF_ERROR(writer_->WriteAll(payloads));
+  return SummarizeRouterRecords(records);
+}
+
+}  // namespace hybridmoe
