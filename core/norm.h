@@ -16,6 +16,10 @@ namespace hybridmoe {
 
 enum class NormKind { kRms, kLayer };
 
+// Promotes half-precision types (bf16, fp16) to fp32 and leaves fp32/fp64 as they are: statistics,
+// router softmax and losses run in at least fp32.
+at::Tensor at_least_fp32(const at::Tensor& x);
+
 // Free functions: the math, usable on slices (e.g. one weight row per expert).
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps);

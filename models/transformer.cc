@@ -132,7 +132,7 @@ ModelOutput TransformerImpl::forward(const at::Tensor& tokens_BS, const at::Tens
   ModelOutput out;
   out.logits = at::matmul(final_norm(x), lm_head.t());
   if (!targets_BS.defined()) return out;
-  out.lm_loss = at::cross_entropy_loss(out.logits.reshape({-1, options.vocab_size}).to(at::kFloat),
+  out.lm_loss = at::cross_entropy_loss(at_least_fp32(out.logits.reshape({-1, options.vocab_size})),
                                        targets_BS.reshape({-1}));
   if (lb.empty()) {
     out.lb_loss = at::zeros({}, out.lm_loss.options());

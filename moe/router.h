@@ -2,7 +2,7 @@
 //
 // Legend: T tokens, D model width, E experts, K top-k.
 //   logits_TE = x_TD W_g^T            (W_g: [E, D], no bias)
-//   probs_TE  = softmax(logits_TE)    over all E, in fp32
+//   probs_TE  = softmax(logits_TE)    over all E, in fp32 (fp64 stays fp64)
 //   (weights_TK, experts_TK) = topk(probs_TE, K), optionally renormalised to sum to 1
 //   LB  = E * sum_e f_e * P_e, f_e = share of the T*K assignments routed to e, P_e = mean_t probs_te
 //         (1 under perfectly uniform routing; gradient flows through P only)
