@@ -203,8 +203,8 @@ absl::Status ValidateConfig(const TrainConfig& config, int world_size, bool chec
   c.Range("optim.min_lr_ratio", o.min_lr_ratio(), 0.0, 1.0);
 
   const ParallelConfig& p = config.parallel();
-  c.Range("parallel.expert_parallel_size", p.expert_parallel_size(), 1, world_size);
-  c.Require(world_size % std::max(1, p.expert_parallel_size()) == 0,
+  c.Range("parallel.expert_parallel_size", p.expert_parallel_size(), 1, world_size > 0 ? world_size : 1 << 20);
+  c.Require(world_size <= 0 || world_size % std::max(1, p.expert_parallel_size()) == 0,
             absl::StrCat("parallel.expert_parallel_size (", p.expert_parallel_size(),
                          ") must divide the number of ranks (", world_size, ")"));
   c.Require(moe.num_experts() % std::max(1, p.expert_parallel_size()) == 0,

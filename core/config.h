@@ -23,7 +23,8 @@ absl::StatusOr<TrainConfig> ParseConfigText(const std::string& text, const std::
 // Fills fields whose default depends on others (data.train defaults to the bundled corpus).
 void ResolveDefaults(TrainConfig& config);
 
-// Every rule on every field; `world_size` is the number of ranks of the launch (1 when not distributed).
+// Every rule on every field; `world_size` is the number of ranks of the launch (1 when not distributed;
+// 0 = not known yet: the rules that relate parallel.* to the launch are skipped).
 // When `check_files` is set, data files must exist.
 absl::Status ValidateConfig(const TrainConfig& config, int world_size = 1, bool check_files = true);
 

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 
@@ -21,12 +22,14 @@ uint64_t Mix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-absl::StatusOr<std::unique_ptr<TokenFile>> TokenFile::Open(const std::string& path, DataConfig::Format format,
-                                                           DataConfig::Dtype dtype, int64_t vocab_size) {
-  std::unique_ptr<TokenFile> f(new TokenFile());
-  f->path_ = path;
-  f->vocab_size_ = vocab_size;
-  f->bytes_per_token_ = dtype == DataConfig::UINT32 ? 4 : 2;
+namespace {
+
+struct Mapping {
+  void* map = nullptr;
+  size_t bytes = 0;
+};
+
+absl::StatusOr<Mapping> MapFile(const std::string& path) {
   const int fd = open(path.c_str(), O_RDONLY);
   if (fd < 0) return absl::NotFoundError(absl::StrCat("data file ", path, ": ", std::strerror(errno)));
   struct stat st;
@@ -34,26 +37,174 @@ absl::StatusOr<std::unique_ptr<TokenFile>> TokenFile::Open(const std::string& pa
     close(fd);
     return absl::InvalidArgumentError(absl::StrCat("data file ", path, ": not a regular file"));
   }
-  const size_t bytes = static_cast<size_t>(st.st_size);
-  if (bytes % f->bytes_per_token_ != 0) {
-    close(fd);
-    return absl::InvalidArgumentError(absl::StrCat("data file ", path, ": size ", bytes, " bytes is not a multiple of ",
-                                                   f->bytes_per_token_, " (data.dtype ", DataConfig::Dtype_Name(dtype),
-                                                   "); wrong dtype or truncated file"));
-  }
-  if (bytes > 0) {
-    f->map_ = mmap(nullptr, bytes, PROT_READ, MAP_SHARED, fd, 0);
-    if (f->map_ == MAP_FAILED) {
-      f->map_ = nullptr;
+  Mapping m;
+  m.bytes = static_cast<size_t>(st.st_size);
+  if (m.bytes > 0) {
+    m.map = mmap(nullptr, m.bytes, PROT_READ, MAP_SHARED, fd, 0);
+    if (m.map == MAP_FAILED) {
       close(fd);
       return absl::InternalError(absl::StrCat("data file ", path, ": mmap failed: ", std::strerror(errno)));
     }
-    f->map_bytes_ = bytes;
   }
   close(fd);
-  f->data_ = static_cast<const uint8_t*>(f->map_);
-  f->num_tokens_ = static_cast<int64_t>(bytes / f->bytes_per_token_);
-  (void)format;
+  return m;
+}
+
+bool EndsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+bool IsFile(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// Element width and signedness of a NumPy descr ("<u2", "|u1", "<i8", ...).
+absl::Status ParseDescr(const std::string& path, const std::string& descr, int* bytes, bool* is_signed) {
+  if (descr.size() == 3 && (descr[0] == '<' || descr[0] == '|' || descr[0] == '=') &&
+      (descr[1] == 'u' || descr[1] == 'i') && (descr[2] == '1' || descr[2] == '2' || descr[2] == '4' ||
+                                               descr[2] == '8')) {
+    *bytes = descr[2] - '0';
+    *is_signed = descr[1] == 'i';
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat("data file ", path, ": NumPy dtype '", descr,
+                                                 "' is not a little-endian integer type (expected <u2, <u4, <i4, <i8, ...)"));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<TokenFile>> TokenFile::Open(const std::string& path, DataConfig::Format format,
+                                                           DataConfig::Dtype dtype, int64_t vocab_size) {
+  std::unique_ptr<TokenFile> f(new TokenFile());
+  f->path_ = path;
+  f->vocab_size_ = vocab_size;
+  if (format == DataConfig::AUTO) {
+    if (EndsWith(path, ".npy")) {
+      format = DataConfig::NPY;
+    } else if (EndsWith(path, ".bin") && IsFile(path.substr(0, path.size() - 4) + ".idx")) {
+      format = DataConfig::MEGATRON;
+    } else {
+      format = DataConfig::RAW;
+    }
+  }
+  ASSIGN_OR_RETURN(Mapping m, MapFile(path));
+  f->map_ = m.map;
+  f->map_bytes_ = m.bytes;
+  const uint8_t* base = static_cast<const uint8_t*>(m.map);
+  size_t data_offset = 0;
+  switch (format) {
+    case DataConfig::AUTO:
+    case DataConfig::RAW:
+      f->bytes_per_token_ = dtype == DataConfig::UINT32 ? 4 : 2;
+      f->format_name_ = absl::StrCat("raw ", DataConfig::Dtype_Name(dtype));
+      if (m.bytes % f->bytes_per_token_ != 0) {
+        return absl::InvalidArgumentError(absl::StrCat("data file ", path, ": size ", m.bytes,
+                                                       " bytes is not a multiple of ", f->bytes_per_token_,
+                                                       " (data.dtype ", DataConfig::Dtype_Name(dtype),
+                                                       "); wrong dtype or truncated file"));
+      }
+      break;
+    case DataConfig::NPY: {
+      if (m.bytes < 10 || std::memcmp(base, "\x93NUMPY", 6) != 0) {
+        return absl::InvalidArgumentError(absl::StrCat("data file ", path, ": not a NumPy .npy file (bad magic)"));
+      }
+      const int major = base[6];
+      const size_t len_bytes = major == 1 ? 2 : 4;
+      if (m.bytes < 8 + len_bytes) return absl::InvalidArgumentError(absl::StrCat("data file ", path, ": truncated .npy header"));
+      size_t header_len = base[8] | (base[9] << 8);
+      if (len_bytes == 4) header_len |= (static_cast<size_t>(base[10]) << 16) | (static_cast<size_t>(base[11]) << 24);
+      data_offset = 8 + len_bytes + header_len;
+      if (data_offset > m.bytes) return absl::InvalidArgumentError(absl::StrCat("data file ", path, ": truncated .npy header"));
+      const std::string header(reinterpret_cast<const char*>(base + 8 + len_bytes), header_len);
+      auto field = [&](const std::string& key) -> std::string {
+        const size_t k = header.find("'" + key + "'");
+        if (k == std::string::npos) return "";
+        size_t v = header.find(':', k) + 1;
+        while (v < header.size() && header[v] == ' ') ++v;
+        const char close = header[v] == '(' ? ')' : (header[v] == '\'' ? '\'' : ',');
+        const size_t end = header.find(close, v + 1);
+        return header.substr(v, end == std::string::npos ? std::string::npos : end - v + 1);
+      };
+      std::string descr = field("descr");
+      descr.erase(std::remove(descr.begin(), descr.end(), '\''), descr.end());
+      RETURN_IF_ERROR(ParseDescr(path, descr, &f->bytes_per_token_, &f->signed_));
+      if (field("fortran_order").find("True") != std::string::npos) {
+        return absl::InvalidArgumentError(absl::StrCat("data file ", path, ": Fortran-order arrays are not supported"));
+      }
+      int64_t numel = 1;
+      const std::string shape = field("shape");
+      for (size_t i = 0; i < shape.size();) {
+        if (std::isdigit(static_cast<unsigned char>(shape[i]))) {
+          size_t j = i;
+          while (j < shape.size() && std::isdigit(static_cast<unsigned char>(shape[j]))) ++j;
+          numel *= std::stoll(shape.substr(i, j - i));
+          i = j;
+        } else {
+          ++i;
+        }
+      }
+      if (data_offset + static_cast<size_t>(numel) * f->bytes_per_token_ != m.bytes) {
+        return absl::InvalidArgumentError(absl::StrCat("data file ", path, ": .npy header says shape ", shape, " of ",
+                                                       descr, " (", numel * f->bytes_per_token_, " bytes) but ",
+                                                       m.bytes - data_offset, " data bytes follow (truncated file?)"));
+      }
+      f->format_name_ = "npy " + descr;
+      break;
+    }
+    case DataConfig::MEGATRON: {
+      const std::string idx_path = (EndsWith(path, ".bin") ? path.substr(0, path.size() - 4) : path) + ".idx";
+      ASSIGN_OR_RETURN(Mapping idx, MapFile(idx_path));
+      const uint8_t* p = static_cast<const uint8_t*>(idx.map);
+      auto u64 = [&](size_t off) {
+        uint64_t v = 0;
+        std::memcpy(&v, p + off, 8);
+        return v;
+      };
+      absl::Status status = absl::OkStatus();
+      if (idx.bytes < 34 || std::memcmp(p, "MMIDIDX\x00\x00", 9) != 0) {
+        status = absl::InvalidArgumentError(absl::StrCat("data file ", idx_path, ": not a Megatron index (bad magic)"));
+      } else if (u64(9) != 1) {
+        status = absl::InvalidArgumentError(absl::StrCat("data file ", idx_path, ": index version ", u64(9),
+                                                         " is not supported (expected 1)"));
+      } else {
+        static const int kWidth[] = {0, 1, 1, 2, 4, 8, 0, 0, 2};  // Megatron dtype codes 1..8
+        static const bool kSigned[] = {false, false, true, true, true, true, false, false, false};
+        const int code = p[17];
+        if (code < 1 || code > 8 || kWidth[code] == 0) {
+          status = absl::InvalidArgumentError(absl::StrCat("data file ", idx_path, ": dtype code ", code,
+                                                           " is not an integer token type (1-5 or 8)"));
+        } else {
+          f->bytes_per_token_ = kWidth[code];
+          f->signed_ = kSigned[code];
+          const uint64_t sequences = u64(18), documents = u64(26);
+          const uint64_t need = 34 + sequences * 4 + sequences * 8 + documents * 8;
+          if (idx.bytes < need) {
+            status = absl::InvalidArgumentError(absl::StrCat("data file ", idx_path, ": ", idx.bytes,
+                                                             " bytes, the header needs ", need, " (truncated?)"));
+          } else {
+            uint64_t tokens = 0;
+            for (uint64_t i = 0; i < sequences; ++i) {
+              int32_t size;
+              std::memcpy(&size, p + 34 + i * 4, 4);
+              tokens += static_cast<uint64_t>(size);
+            }
+            if (tokens * f->bytes_per_token_ != m.bytes) {
+              status = absl::InvalidArgumentError(absl::StrCat(
+                  "data file ", path, ": ", m.bytes, " bytes, but ", idx_path, " lists ", tokens, " tokens of ",
+                  f->bytes_per_token_, " bytes (truncated file or mismatched index)"));
+            }
+          }
+          f->format_name_ = absl::StrCat("megatron dtype ", code);
+        }
+      }
+      munmap(idx.map, idx.bytes);
+      RETURN_IF_ERROR(status);
+      break;
+    }
+  }
+  f->data_ = base + data_offset;
+  f->num_tokens_ = static_cast<int64_t>((m.bytes - data_offset) / f->bytes_per_token_);
   return f;
 }
 
@@ -68,14 +219,17 @@ absl::Status TokenFile::Read(int64_t offset, int64_t n, int64_t* out) const {
   }
   for (int64_t i = 0; i < n; ++i) {
     const uint8_t* p = data_ + (offset + i) * bytes_per_token_;
-    uint64_t id = bytes_per_token_ == 2 ? static_cast<uint64_t>(p[0] | (p[1] << 8))
-                                        : static_cast<uint64_t>(p[0] | (p[1] << 8) | (p[2] << 16)) |
-                                              (static_cast<uint64_t>(p[3]) << 24);
-    if (static_cast<int64_t>(id) >= vocab_size_) {
-      return absl::InvalidArgumentError(absl::StrCat("data file ", path_, ": token ", offset + i, " has id ", id,
-                                                     " >= model.vocab_size (", vocab_size_, ")"));
+    uint64_t raw = 0;
+    std::memcpy(&raw, p, bytes_per_token_);  // little-endian host
+    int64_t id = static_cast<int64_t>(raw);
+    if (signed_ && bytes_per_token_ < 8 && (raw >> (8 * bytes_per_token_ - 1)) != 0) {
+      id = static_cast<int64_t>(raw | (~uint64_t{0} << (8 * bytes_per_token_)));  // sign-extend
     }
-    out[i] = static_cast<int64_t>(id);
+    if (id < 0 || id >= vocab_size_) {
+      return absl::InvalidArgumentError(absl::StrCat("data file ", path_, ": token ", offset + i, " has id ", id,
+                                                     ", outside [0, model.vocab_size = ", vocab_size_, ")"));
+    }
+    out[i] = id;
   }
   return absl::OkStatus();
 }

@@ -1,8 +1,14 @@
 // Token data: memory-mapped token files and deterministic batch sampling.
 //
-// A TokenFile is a read-only memory map of a token stream: raw little-endian uint16/uint32 ids (the OLMo /
-// nanoGPT `.bin` layout). Ids are checked against the vocabulary when read, so a bad file fails with the
-// file, position and value rather than corrupting training.
+// A TokenFile is a read-only memory map of a token stream in one of the formats users already have:
+//   RAW       little-endian ids of data.dtype (uint16/uint32), the OLMo / nanoGPT `.bin` layout;
+//   NPY       a NumPy .npy array (C order, any shape, read flat) of u1/u2/u4/i2/i4/i8;
+//   MEGATRON  a Megatron indexed dataset, `<prefix>.bin` + `<prefix>.idx` (MMIDIDX version 1); the documents
+//             are read as one concatenated stream, as GPT pre-training samples them.
+// AUTO picks NPY for `.npy`, MEGATRON for a `.bin` with a sibling `.idx`, else RAW. Headers are validated
+// against the file size (a truncated file or wrong dtype is an error naming the file); ids are checked
+// against the vocabulary when read, so a bad file fails with the file, position and value rather than
+// corrupting training.
 // Sampling is a pure function of (seed, step, global sample index): sample g of step s takes a window of
 // seq_len + 1 tokens from a file chosen by weight, at an offset drawn from a counter-based hash. A run
 // resumed at step s, or re-sharded over a different number of ranks, therefore reads exactly the batches
@@ -31,6 +37,7 @@ class TokenFile {
 
   int64_t num_tokens() const { return num_tokens_; }
   const std::string& path() const { return path_; }
+  const std::string& format_name() const { return format_name_; }  // e.g. "npy <u2"
   // Copies tokens [offset, offset + n) into out as int64; errors name the file and the bad id.
   absl::Status Read(int64_t offset, int64_t n, int64_t* out) const;
 
@@ -42,7 +49,9 @@ class TokenFile {
   const uint8_t* data_ = nullptr;  // first token
   int64_t num_tokens_ = 0;
   int bytes_per_token_ = 2;
+  bool signed_ = false;
   int64_t vocab_size_ = 0;
+  std::string format_name_;
 };
 
 struct Batch {

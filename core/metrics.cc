@@ -1,5 +1,6 @@
 #include "core/metrics.h"
 
+#include <charconv>
 #include <cmath>
 #include <memory>
 
@@ -28,7 +29,10 @@ std::string JsonEscape(const std::string& s) {
 }
 
 JsonRecord& JsonRecord::Add(const std::string& key, double value) {
-  fields_.emplace_back(key, std::isfinite(value) ? absl::StrFormat("%.9g", value) : "null");
+  // Shortest text that reads back as the same double, so metrics can be compared bit for bit.
+  char buffer[32];
+  const auto result = std::to_chars(buffer, buffer + sizeof(buffer), value);
+  fields_.emplace_back(key, std::isfinite(value) ? std::string(buffer, result.ptr) : "null");
   return *this;
 }
 JsonRecord& JsonRecord::Add(const std::string& key, int64_t value) {

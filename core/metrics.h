@@ -1,5 +1,6 @@
 // Run logs: metrics.jsonl (one JSON object per line, appended and flushed per record) and the
-// human-readable progress line. Non-finite numbers are written as null (JSON has no NaN).
+// human-readable progress line. Numbers are written in their shortest exact form (they read back as the
+// same double); non-finite numbers are written as null (JSON has no NaN).
 #pragma once
 
 #include <cstdio>

@@ -5,7 +5,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <map>
+#include <system_error>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -170,6 +172,12 @@ absl::StatusOr<std::vector<RouterCounters>> UnpackRouterCounters(const std::vect
 absl::StatusOr<std::unique_ptr<RouterStatsLogger>> RouterStatsLogger::Open(const std::string& run_dir) {
   std::unique_ptr<RouterStatsLogger> logger(new RouterStatsLogger());
   if (run_dir.empty()) return logger;
+  std::error_code ec;
+  std::filesystem::create_directories(run_dir, ec);
+  if (ec) {
+    return absl::PermissionDeniedError(
+        absl::StrFormat("router statistics: cannot create run directory %s: %s", run_dir, ec.message()));
+  }
   logger->path_ = run_dir + "/router_stats.pb";
   ASSIGN_OR_RETURN(logger->writer_, RecordWriter::Open(logger->path_));
   return logger;
@@ -186,8 +194,8 @@ absl::StatusOr<std::vector<std::pair<std::string, double>>> RouterStatsLogger::L
   if (sum_over_ranks) sum_over_ranks(packed);
   ASSIGN_OR_RETURN(std::vector<RouterCounters> counters, UnpackRouterCounters(packed, layers, ep_size));
   for (const MoeLayer& layer : layers) {
-    layer->stats.reset();
-    layer->dispatcher->counters.reset();
+    layer.ptr()->stats.reset();  // holders share the module: const vector, mutable layers
+    layer.ptr()->dispatcher->counters.reset();
   }
   std::vector<RouterStepRecord> records;
   std::vector<std::string> payloads;
@@ -199,6 +207,116 @@ absl::StatusOr<std::vector<std::pair<std::string, double>>> RouterStatsLogger::L
   }
   if (writer_ && !payloads.empty()) RETURN_IF_ERROR(writer_->WriteAll(payloads));
   return SummarizeRouterRecords(records);
+}
+
+std::string CheckRouterRecord(const RouterStepRecord& r) {
+  if (!r.has_step() || !r.has_layer() || !r.has_num_experts() || !r.has_top_k() || !r.has_tokens()) {
+    return "a router record needs step, layer, num_experts, top_k and tokens";
+  }
+  if (r.layer() < 0 || r.num_experts() < 1 || r.top_k() < 1 || r.top_k() > r.num_experts() || r.tokens() < 1) {
+    return absl::StrFormat("layer %d, num_experts %d, top_k %d, tokens %d out of range (need layer >= 0, "
+                           "1 <= top_k <= num_experts, tokens >= 1)",
+                           r.layer(), r.num_experts(), r.top_k(), r.tokens());
+  }
+  if (r.counts_size() != r.num_experts()) {
+    return absl::StrFormat("counts has %d entries but num_experts is %d", r.counts_size(), r.num_experts());
+  }
+  int64_t sum = 0;
+  for (int64_t c : r.counts()) {
+    if (c < 0) return absl::StrFormat("negative expert count %d", c);
+    sum += c;
+  }
+  if (sum != r.tokens() * r.top_k()) {
+    return absl::StrFormat("counts sum to %d, expected tokens * top_k = %d", sum, r.tokens() * r.top_k());
+  }
+  return "";
+}
+
+absl::StatusOr<RouterStatsFile> ReadRouterStats(const std::string& path_or_run_dir) {
+  RouterStatsFile out;
+  out.path = path_or_run_dir;
+  struct stat st;
+  if (stat(path_or_run_dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) out.path += "/router_stats.pb";
+  absl::StatusOr<RecordFile> file = ReadRecordFile(out.path);
+  if (!file.ok()) {
+    return absl::NotFoundError(absl::StrFormat(
+        "%s: no router statistics (was the run trained with logging { router_stats: true }?)", out.path));
+  }
+  std::vector<RouterStepRecord> parsed = ParseRecords<RouterStepRecord>(&*file, out.path);
+  for (size_t i = 0; i < parsed.size(); ++i) {
+    const std::string why = CheckRouterRecord(parsed[i]);
+    if (!why.empty()) {
+      MarkInvalid(&*file, i, out.path, why);
+      parsed.resize(i);
+      break;
+    }
+  }
+  std::map<std::pair<int64_t, int>, RouterStepRecord> latest;
+  for (RouterStepRecord& r : parsed) latest[{r.step(), r.layer()}] = std::move(r);
+  for (auto& [key, r] : latest) out.records.push_back(std::move(r));
+  out.truncated = file->truncated;
+  out.invalid = file->invalid;
+  out.problem = file->problem;
+  return out;
+}
+
+std::vector<RouterAlert> FindRouterAlerts(const std::vector<RouterStepRecord>& records,
+                                          const AlertThresholds& t) {
+  std::map<int, std::vector<const RouterStepRecord*>> by_layer;
+  for (const RouterStepRecord& r : records) by_layer[r.layer()].push_back(&r);
+  std::vector<RouterAlert> alerts;
+  for (const auto& [layer, series] : by_layer) {
+    const RouterStepRecord& last = *series.back();
+    const int E = last.num_experts(), K = last.top_k();
+    // Start of the final run of records satisfying `holds` (which holds at the latest record).
+    auto began = [&](const std::function<bool(const RouterStepRecord&)>& holds) {
+      size_t i = series.size() - 1;
+      while (i > 0 && holds(*series[i - 1])) --i;
+      return series[i]->step();
+    };
+    auto add = [&](const char* kind, int expert, int64_t step, double value, std::string detail) {
+      alerts.push_back(RouterAlert{layer, kind, expert, step, value, std::move(detail)});
+    };
+    for (int e = 0; e < E; ++e) {
+      auto dead = [e](const RouterStepRecord& r) { return e < r.counts_size() && r.counts(e) == 0; };
+      if (!dead(last)) continue;
+      const int64_t since = began(dead);
+      add("dead_expert", e, since, 0, absl::StrFormat("expert %d received no tokens since step %d", e, since));
+    }
+    auto share_collapsed = [&](const RouterStepRecord& r) {
+      const LoadStats s = ComputeLoadStats({r.counts().begin(), r.counts().end()}, r.tokens());
+      return s.hottest_share > t.collapse_share && s.hottest_share > 2.0 * r.top_k() / r.num_experts();
+    };
+    if (share_collapsed(last)) {
+      const LoadStats s = ComputeLoadStats({last.counts().begin(), last.counts().end()}, last.tokens());
+      const int64_t since = began(share_collapsed);
+      add("collapse_share", s.hottest, since, s.hottest_share,
+          absl::StrFormat("expert %d gets %.1f%% of tokens (balanced %.1f%%, threshold %.1f%%) since step %d",
+                          s.hottest, 100 * s.hottest_share, 100.0 * K / E, 100 * t.collapse_share, since));
+    }
+    auto entropy_ratio = [](const RouterStepRecord& r) {
+      return r.num_experts() > 1 ? r.entropy_mean() / std::log(static_cast<double>(r.num_experts())) : 1.0;
+    };
+    auto entropy_collapsed = [&](const RouterStepRecord& r) { return entropy_ratio(r) < t.min_entropy_ratio; };
+    if (entropy_collapsed(last)) {
+      const int64_t since = began(entropy_collapsed);
+      add("collapse_entropy", -1, since, entropy_ratio(last),
+          absl::StrFormat("router entropy %.3f nats = %.2f x ln %d (threshold %.2f) since step %d",
+                          last.entropy_mean(), entropy_ratio(last), E, t.min_entropy_ratio, since));
+    }
+    const double baseline = series.front()->max_over_mean();
+    auto grown = [&](const RouterStepRecord& r) {
+      return baseline > 0 && r.max_over_mean() >= t.imbalance_growth * baseline;
+    };
+    if (series.size() > 1 && grown(last)) {
+      const int64_t since = began(grown);
+      add("imbalance_growth", -1, since, last.max_over_mean() / baseline,
+          absl::StrFormat("max/mean load %.2f is %.1fx its value %.2f at step %d (threshold %.1fx), since step %d",
+                          last.max_over_mean(), last.max_over_mean() / baseline, baseline, series.front()->step(),
+                          t.imbalance_growth, since));
+    }
+  }
+  return alerts;
 }
 
 }  // namespace hybridmoe

@@ -75,7 +75,8 @@ absl::StatusOr<std::vector<RouterCounters>> UnpackRouterCounters(const std::vect
 
 class RouterStatsLogger {
  public:
-  // Appends to run_dir/router_stats.pb (created; a cut-off last record is repaired, see core/records.h).
+  // Appends to run_dir/router_stats.pb (both created if needed; a cut-off last record is repaired, see
+  // core/records.h).
   // An empty run_dir makes a logger that only reduces and resets (ranks that do not write).
   static absl::StatusOr<std::unique_ptr<RouterStatsLogger>> Open(const std::string& run_dir);
 

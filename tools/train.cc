@@ -1,18 +1,34 @@
-// bazel-bin/tools/train --config=FILE.textproto [--override='TEXTPROTO']... [--out_dir=DIR]
-// Trains a model; see tools/trainer.h for the run directory. Errors end with one line and exit 1.
+// bazel-bin/tools/train --config=FILE.textproto [--override='TEXTPROTO']... [--out_dir=DIR] [--resume]
+// Trains a model; see tools/trainer.h for the run directory. Under mpirun or srun it runs distributed with
+// no other change. Errors end with one line (on rank 0) and exit 1.
 #include <cstdio>
+#include <cstdlib>
 
 #include "absl/strings/str_cat.h"
 #include "core/config.h"
+#include "parallel/context.h"
 #include "tools/cli.h"
 #include "tools/trainer.h"
+
+namespace {
+
+bool IsFile(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "r");
+  if (f == nullptr) return false;
+  std::fclose(f);
+  return true;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace hybridmoe;
   const std::vector<FlagSpec> specs = {
-      {"config", "text-format TrainConfig file (required)"},
+      {"config", "text-format TrainConfig file (required unless --resume finds DIR/config.textproto)"},
       {"override", "text-format TrainConfig merged on top, e.g. 'train { steps: 20 }' (repeatable)", false, true},
       {"out_dir", "run directory (default runs/<config name>)"},
+      {"resume", "continue the run in --out_dir from its newest complete checkpoint", true},
+      {"stop_at_step", "stop with a checkpoint after this many steps (schedule unchanged); resume later"},
       {"quiet", "no progress lines", true},
       {"help", "show this help", true},
   };
@@ -25,28 +41,52 @@ int main(int argc, char** argv) {
     std::fputs(CommandLine::Usage("train", "Trains an MoE transformer.", specs).c_str(), stdout);
     return 0;
   }
-  if (!cl->Has("config")) {
+  const bool resume = cl->GetBool("resume");
+  std::string config_path = cl->Get("config");
+  if (config_path.empty() && resume && cl->Has("out_dir") && IsFile(cl->Get("out_dir") + "/config.textproto")) {
+    config_path = cl->Get("out_dir") + "/config.textproto";
+  }
+  if (config_path.empty()) {
     std::fprintf(stderr, "train: --config=FILE.textproto is required (see configs/)\n");
     return 2;
   }
-  const std::string config_path = cl->Get("config");
   auto config = LoadConfig(config_path, cl->GetAll("override"));
   if (!config.ok()) {
     std::fprintf(stderr, "train: %s\n", std::string(config.status().message()).c_str());
     return 1;
   }
-  if (absl::Status s = ValidateConfig(*config); !s.ok()) {
+  // Validation that does not depend on the launch, before MPI starts (one line, whatever the rank).
+  if (absl::Status s = ValidateConfig(*config, /*world_size=*/0);
+      !s.ok()) {
     std::fprintf(stderr, "train: %s: %s\n", config_path.c_str(), std::string(s.message()).c_str());
+    return 1;
+  }
+  auto ctx = ParallelContext::Create(*config);
+  if (!ctx.ok()) {
+    // Launch errors are reported by rank 0 only (Create knows the rank even when it fails).
+    if (ParallelContext::IsRankZero()) {
+      std::fprintf(stderr, "train: %s\n", std::string(ctx.status().message()).c_str());
+    }
     return 1;
   }
   TrainOptions options;
   std::string stem = config_path.substr(config_path.find_last_of('/') + 1);
   stem = stem.substr(0, stem.find('.'));
   options.out_dir = cl->Get("out_dir", "runs/" + stem);
+  options.resume = resume;
   options.quiet = cl->GetBool("quiet");
-  if (absl::Status s = Train(*config, options); !s.ok()) {
-    std::fprintf(stderr, "train: %s\n", std::string(s.message()).c_str());
-    return 1;
+  auto stop_at = cl->GetInt("stop_at_step", 0);
+  if (!stop_at.ok()) {
+    std::fprintf(stderr, "train: %s\n", std::string(stop_at.status().message()).c_str());
+    return 2;
+  }
+  options.stop_at_step = *stop_at;
+  if (absl::Status s = Train(*config, options, **ctx); !s.ok()) {
+    if ((*ctx)->rank() == 0) std::fprintf(stderr, "train: %s\n", std::string(s.message()).c_str());
+    // Leave without MPI_Finalize: peers may be waiting in a collective; the launcher ends the job.
+    std::fflush(stderr);
+    std::fflush(stdout);
+    std::_Exit(1);
   }
   return 0;
 }

@@ -7,18 +7,26 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <set>
+#include <sstream>
 #include <thread>
 
 #include <ATen/Parallel.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "core/config.h"
 #include "core/data.h"
 #include "core/metrics.h"
 #include "core/optim.h"
+#include "core/safetensors.h"
 #include "core/status.h"
+#include "core/tensorboard.h"
+#include "models/checkpoint.h"
 #include "models/transformer.h"
+#include "moe/router_stats.h"
 
 namespace hybridmoe {
 namespace {
@@ -28,11 +36,10 @@ using Clock = std::chrono::steady_clock;
 double Seconds(Clock::time_point since) { return std::chrono::duration<double>(Clock::now() - since).count(); }
 
 absl::Status MakeDirs(const std::string& path) {
-  std::string partial;
-  for (size_t i = 0; i <= path.size(); ++i) {
+  for (size_t i = 1; i <= path.size(); ++i) {
     if (i == path.size() || path[i] == '/') {
-      partial = path.substr(0, i);
-      if (!partial.empty() && mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST) {
+      const std::string partial = path.substr(0, i);
+      if (mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST) {
         return absl::PermissionDeniedError(absl::StrCat("cannot create directory ", partial, ": ", strerror(errno)));
       }
     }
@@ -45,67 +52,70 @@ bool Exists(const std::string& path) {
   return stat(path.c_str(), &st) == 0;
 }
 
-absl::Status WriteFileAtomically(const std::string& path, const std::string& contents) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out << contents;
-    if (!out.flush()) return absl::InternalError(absl::StrCat("cannot write ", tmp));
+// Drops metrics.jsonl records of steps after `step` (they will be recomputed), atomically.
+absl::Status TruncateMetrics(const std::string& path, int64_t step) {
+  std::ifstream in(path);
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    const size_t k = line.find("\"step\": ");
+    if (line.empty() || line.back() != '}') continue;  // a line cut by a kill
+    if (k != std::string::npos && std::atoll(line.c_str() + k + 8) > step) continue;
+    kept += line + "\n";
   }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) return absl::InternalError(absl::StrCat("cannot rename ", tmp));
-  return absl::OkStatus();
+  return WriteFileAtomically(path, kept);
 }
 
-struct LossSums {
-  double loss = 0, lm = 0, lb = 0, z = 0;
+struct StepLosses {
+  double loss = 0, lm = 0, lb = 0, z = 0, nonfinite = 0;
 };
 
 absl::StatusOr<double> Evaluate(Transformer& model, const DataLoader& data, const DataConfig& config,
-                                int64_t num_batches) {
+                                int64_t num_batches, ParallelContext& ctx) {
   at::NoGradGuard no_grad;
   for (auto& layer : model->moe_layers()) layer->collect_stats = false;
-  double sum = 0;
-  for (int64_t i = 0; i < num_batches; ++i) {
-    ASSIGN_OR_RETURN(Batch batch, data.ValidationBatch(i, config.micro_batch_size(), num_batches));
-    sum += model(batch.inputs, batch.targets).lm_loss.item<double>();
+  // Every rank runs the same number of forwards (expert parallelism exchanges tokens in each one).
+  const int64_t world = ctx.world_size(), rounds = (num_batches + world - 1) / world;
+  std::vector<double> sum = {0, 0};
+  for (int64_t r = 0; r < rounds; ++r) {
+    const int64_t i = r * world + ctx.rank();
+    ASSIGN_OR_RETURN(Batch batch, data.ValidationBatch(i < num_batches ? i : 0, config.micro_batch_size(), num_batches));
+    const double loss = model(batch.inputs, batch.targets).lm_loss.item<double>();
+    if (i < num_batches) {
+      sum[0] += loss;
+      sum[1] += 1;
+    }
   }
   for (auto& layer : model->moe_layers()) layer->collect_stats = true;
-  return sum / static_cast<double>(num_batches);
+  ctx.SumOverRanks(sum);
+  return sum[0] / sum[1];
 }
 
 }  // namespace
 
-int DefaultThreads(const TrainConfig& config) {
+int DefaultThreads(const TrainConfig& config, int local_ranks) {
   if (config.parallel().num_threads() > 0) return config.parallel().num_threads();
-  int local_ranks = 1;
-  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE", "LOCAL_WORLD_SIZE"}) {
-    if (const char* v = std::getenv(var)) {
-      local_ranks = std::max(1, std::atoi(v));
-      break;
-    }
-  }
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  return std::max(1, cores / local_ranks);
+  return std::max(1, cores / std::max(1, local_ranks));
 }
 
-absl::Status Train(const TrainConfig& config, const TrainOptions& options) {
+absl::Status Train(const TrainConfig& config, const TrainOptions& options, ParallelContext& ctx) {
   const std::string& dir = options.out_dir;
   const std::string metrics_path = dir + "/metrics.jsonl";
-  if (Exists(metrics_path)) {
+  const bool root = ctx.rank() == 0;
+  const bool say = root && !options.quiet;
+  if (!options.resume && Exists(metrics_path)) {
     return absl::AlreadyExistsError(absl::StrCat("--out_dir ", dir,
-                                                 " already holds a run (metrics.jsonl); choose another --out_dir"));
+                                                 " already holds a run (metrics.jsonl); pass --resume to continue "
+                                                 "it or choose another --out_dir"));
   }
   const DataConfig& dc = config.data();
   ASSIGN_OR_RETURN(std::unique_ptr<DataLoader> data, DataLoader::Create(dc, config.model().vocab_size(),
                                                                         config.train().seed()));
-  RETURN_IF_ERROR(MakeDirs(dir));
-  RETURN_IF_ERROR(WriteFileAtomically(dir + "/config.textproto", ConfigToText(config)));
-  ASSIGN_OR_RETURN(std::unique_ptr<MetricsWriter> metrics, MetricsWriter::Open(metrics_path));
-
-  const int threads = DefaultThreads(config);
+  const int threads = DefaultThreads(config, ctx.local_size());
   at::set_num_threads(threads);
 
   Transformer model(TransformerOptionsFromConfig(config.model()));
+  ctx.ShardExperts(model);
   model->reset_parameters(config.train().seed());
   std::vector<std::pair<std::string, at::Tensor>> named;
   std::vector<at::Tensor> params;
@@ -113,9 +123,6 @@ absl::Status Train(const TrainConfig& config, const TrainOptions& options) {
     named.emplace_back(item.key(), item.value());
     params.push_back(item.value());
   }
-  int64_t num_params = 0;
-  for (const at::Tensor& p : params) num_params += p.numel();
-
   AdamWOptions adam;
   adam.beta1 = config.optim().beta1();
   adam.beta2 = config.optim().beta2();
@@ -129,50 +136,132 @@ absl::Status Train(const TrainConfig& config, const TrainOptions& options) {
   schedule.min_lr_ratio = config.optim().min_lr_ratio();
   schedule.total_steps = config.train().steps();
 
-  const int64_t steps = config.train().steps();
+  TrainerState state;
+  state.seed = config.train().seed();
+  if (options.resume) {
+    auto latest = FindLatestCheckpoint(dir);
+    if (latest.ok()) {
+      ASSIGN_OR_RETURN(state, LoadCheckpoint(*latest, model, optimizer));
+      if (say) std::fprintf(stderr, "[train] resuming from %s (step %lld)\n", latest->c_str(), (long long)state.step);
+    } else if (say) {
+      std::fprintf(stderr, "[train] --resume: no complete checkpoint in %s/checkpoints; starting from step 0\n",
+                   dir.c_str());
+    }
+  }
+  ctx.Barrier();
+
+  std::unique_ptr<MetricsWriter> metrics;
+  std::unique_ptr<TensorBoardWriter> tb;
+  if (root) {
+    RETURN_IF_ERROR(MakeDirs(dir));
+    if (options.resume && Exists(metrics_path)) RETURN_IF_ERROR(TruncateMetrics(metrics_path, state.step));
+    RETURN_IF_ERROR(WriteFileAtomically(dir + "/config.textproto", ConfigToText(config)));
+    ASSIGN_OR_RETURN(metrics, MetricsWriter::Open(metrics_path));
+    if (config.logging().tensorboard()) {
+      ASSIGN_OR_RETURN(tb, TensorBoardWriter::Open(dir, options.resume ? absl::StrCat("resume", state.step) : ""));
+    }
+  }
+  std::unique_ptr<RouterStatsLogger> router_logger;
+  if (config.logging().router_stats() && !model->moe_layers().empty()) {
+    ASSIGN_OR_RETURN(router_logger, RouterStatsLogger::Open(root ? dir : ""));
+  }
+  const auto sum_over_ranks = [&ctx](std::vector<double>& v) { ctx.SumOverRanks(v); };
+
+  const int64_t steps = config.train().steps(), world = ctx.world_size();
   const int64_t micro = dc.micro_batch_size(), accum = dc.grad_accum_steps();
-  const int64_t global_batch = micro * accum;
+  const int64_t global_batch = micro * accum * world;
   const int64_t tokens_per_step = global_batch * dc.seq_len();
-  if (!options.quiet) {
+  if (say) {
+    int64_t num_params = 0;
+    for (const at::Tensor& p : params) num_params += p.numel();
     std::fprintf(stderr,
-                 "[train] %s | %s params | %lld layers, %d experts top-%d | %lld tokens/step | %d threads | run dir %s\n",
+                 "[train] %s | %s params on rank 0 | %d layers, %d experts top-%d | %d ranks (EP %d x DP %d) | "
+                 "%lld tokens/step | %d threads/rank | run dir %s\n",
                  NormStrategyName(model->options.norm.strategy), FormatCount(static_cast<double>(num_params)).c_str(),
-                 static_cast<long long>(config.model().n_layers()), config.model().moe().num_experts(),
-                 config.model().moe().top_k(), static_cast<long long>(tokens_per_step), threads, dir.c_str());
+                 config.model().n_layers(), config.model().moe().num_experts(), config.model().moe().top_k(),
+                 ctx.world_size(), ctx.ep_size(), ctx.dp_size(), static_cast<long long>(tokens_per_step), threads,
+                 dir.c_str());
+  }
+  auto checkpoint = [&](int64_t done) -> absl::Status {
+    const auto t0 = Clock::now();
+    state.step = done;
+    state.optimizer_steps = optimizer.steps_taken();
+    CheckpointShard shard;
+    shard.index = ctx.ep_rank();
+    shard.count = ctx.ep_size();
+    shard.writes = ctx.dp_rank() == 0;
+    shard.root = root;
+    shard.barrier = [&ctx] { ctx.Barrier(); };
+    RETURN_IF_ERROR(SaveCheckpoint(dir, model, optimizer, config, state, config.checkpoint().keep_last(), shard));
+    if (root) {
+      metrics->Write(JsonRecord().Add("kind", "checkpoint").Add("step", done)
+                         .Add("path", dir + "/checkpoints/" + CheckpointDirName(done)).Add("seconds", Seconds(t0)));
+    }
+    return absl::OkStatus();
+  };
+
+  // Fault injection for tests: HYBRIDMOE_FAULT_NAN_STEPS="5,6" poisons the loss of those (1-based) steps,
+  // exercising the non-finite path deterministically.
+  std::set<int64_t> nan_steps;
+  if (const char* v = std::getenv("HYBRIDMOE_FAULT_NAN_STEPS")) {
+    for (const absl::string_view part : absl::StrSplit(v, ',', absl::SkipEmpty())) {
+      int64_t s = 0;
+      if (absl::SimpleAtoi(part, &s)) nan_steps.insert(s);
+    }
   }
 
   const auto start = Clock::now();
   auto window_start = start;
-  int64_t window_tokens = 0, consecutive_bad = 0, skipped = 0;
-  for (int64_t step = 0; step < steps; ++step) {
+  int64_t window_tokens = 0;
+  const int64_t first_step = state.step;
+  for (int64_t step = first_step; step < steps; ++step) {
     const double lr = LearningRate(schedule, step);
     for (at::Tensor& p : params) p.mutable_grad().reset();
-    LossSums sums;
+    std::vector<double> local = {0, 0, 0, 0, 0};  // loss, lm, lb, z, non-finite flag
     for (int64_t m = 0; m < accum; ++m) {
-      ASSIGN_OR_RETURN(Batch batch, data->TrainBatch(step, global_batch, m * micro, micro));
+      ASSIGN_OR_RETURN(Batch batch, data->TrainBatch(step, global_batch, (ctx.rank() * accum + m) * micro, micro));
       ModelOutput out = model(batch.inputs, batch.targets);
+      if (nan_steps.count(step + 1)) out.loss = out.loss * std::nan("");
       (out.loss / static_cast<double>(accum)).backward();
-      sums.loss += out.loss.item<double>() / accum;
-      sums.lm += out.lm_loss.item<double>() / accum;
-      sums.lb += out.lb_loss.item<double>() / accum;
-      sums.z += out.z_loss.item<double>() / accum;
+      const double values[4] = {out.loss.item<double>(), out.lm_loss.item<double>(), out.lb_loss.item<double>(),
+                                out.z_loss.item<double>()};
+      for (int i = 0; i < 4; ++i) {
+        local[i] += values[i] / static_cast<double>(accum);
+        if (!std::isfinite(values[i])) local[4] = 1;
+      }
     }
-    const double grad_norm = ClipGradNorm(params, config.optim().grad_clip());
-    const bool finite = std::isfinite(sums.loss) && std::isfinite(grad_norm);
+    ctx.SumOverRanks(local);
+    StepLosses losses{local[0] / world, local[1] / world, local[2] / world, local[3] / world, local[4]};
+    ctx.SyncGradients(model);  // gradients of the global mean loss
+    const double grad_norm = ctx.GradNorm(model);
+    const bool finite = losses.nonfinite == 0 && std::isfinite(grad_norm);
     if (finite) {
+      const double clip = config.optim().grad_clip();
+      if (clip > 0 && grad_norm > clip) {
+        at::NoGradGuard no_grad;
+        for (at::Tensor& p : params) {
+          if (p.grad().defined()) p.grad().mul_(clip / (grad_norm + 1e-6));
+        }
+      }
       optimizer.step(lr);
-      consecutive_bad = 0;
+      state.consecutive_bad_steps = 0;
     } else {
-      ++skipped;
-      ++consecutive_bad;
-      std::fprintf(stderr, "[train] step %lld: non-finite %s; update skipped (%lld in a row)\n",
-                   static_cast<long long>(step + 1), std::isfinite(sums.loss) ? "gradients" : "loss",
-                   static_cast<long long>(consecutive_bad));
-      if (consecutive_bad >= config.train().max_consecutive_bad_steps()) {
-        metrics->Write(JsonRecord().Add("kind", "abort").Add("step", step + 1).Add("consecutive_bad_steps",
-                                                                                    consecutive_bad));
-        return absl::AbortedError(absl::StrCat("training diverged: ", consecutive_bad,
-                                               " consecutive steps with non-finite loss or gradients (step ",
+      ++state.skipped_steps;
+      ++state.consecutive_bad_steps;
+      if (root) {
+        metrics->Write(JsonRecord().Add("kind", "skip").Add("step", step + 1).Add("loss", losses.loss)
+                           .Add("grad_norm", grad_norm).Add("consecutive", state.consecutive_bad_steps));
+        std::fprintf(stderr, "[train] step %lld: non-finite %s; update skipped (%lld in a row)\n",
+                     static_cast<long long>(step + 1), losses.nonfinite ? "loss" : "gradients",
+                     static_cast<long long>(state.consecutive_bad_steps));
+      }
+      if (state.consecutive_bad_steps >= config.train().max_consecutive_bad_steps()) {
+        if (root) {
+          metrics->Write(JsonRecord().Add("kind", "abort").Add("step", step + 1)
+                             .Add("consecutive_bad_steps", state.consecutive_bad_steps));
+        }
+        return absl::AbortedError(absl::StrCat("training diverged: ", state.consecutive_bad_steps,
+                                               " consecutive steps with non-finite loss or gradients (last: step ",
                                                step + 1, "; train.max_consecutive_bad_steps = ",
                                                config.train().max_consecutive_bad_steps(), ")"));
       }
@@ -181,37 +270,66 @@ absl::Status Train(const TrainConfig& config, const TrainOptions& options) {
 
     const bool last = step + 1 == steps;
     if ((step + 1) % config.logging().log_interval() == 0 || last || step == 0) {
-      const double window_s = Seconds(window_start);
-      const double tokens_per_s = window_tokens / std::max(window_s, 1e-9);
+      std::vector<std::pair<std::string, double>> router_summary;
+      if (router_logger) {
+        ASSIGN_OR_RETURN(router_summary,
+                         router_logger->Log(step + 1, model->moe_layers(), ctx.ep_rank(), ctx.ep_size(), sum_over_ranks));
+      }
+      const double tokens_per_s = window_tokens / std::max(Seconds(window_start), 1e-9);
       const double elapsed = Seconds(start);
-      const double eta = elapsed / static_cast<double>(step + 1) * static_cast<double>(steps - step - 1);
-      JsonRecord rec;
-      rec.Add("kind", "train").Add("step", step + 1).Add("loss", sums.loss).Add("lm_loss", sums.lm)
-          .Add("lb_loss", sums.lb).Add("z_loss", sums.z).Add("grad_norm", grad_norm).Add("lr", lr)
-          .Add("tokens_per_s", tokens_per_s).Add("tokens", (step + 1) * tokens_per_step).Add("elapsed_s", elapsed)
-          .Add("skipped_steps", skipped);
-      metrics->Write(rec);
-      if (!options.quiet) {
-        std::fprintf(stderr,
-                     "[train] step %*lld/%lld | loss %.4f (lm %.4f lb %.4f z %.5f) | gnorm %.3f | lr %.2e | %s tok/s | "
-                     "%s elapsed | ETA %s\n",
-                     static_cast<int>(std::to_string(steps).size()), static_cast<long long>(step + 1),
-                     static_cast<long long>(steps), sums.loss, sums.lm, sums.lb, sums.z, grad_norm, lr,
-                     FormatCount(tokens_per_s).c_str(), FormatDuration(elapsed).c_str(), FormatDuration(eta).c_str());
+      const double eta = elapsed / static_cast<double>(step + 1 - first_step) * static_cast<double>(steps - step - 1);
+      if (root) {
+        JsonRecord rec;
+        rec.Add("kind", "train").Add("step", step + 1).Add("loss", losses.loss).Add("lm_loss", losses.lm)
+            .Add("lb_loss", losses.lb).Add("z_loss", losses.z).Add("grad_norm", grad_norm).Add("lr", lr)
+            .Add("tokens_per_s", tokens_per_s).Add("tokens", (step + 1) * tokens_per_step)
+            .Add("elapsed_s", elapsed).Add("skipped_steps", state.skipped_steps);
+        for (const auto& [k, v] : router_summary) rec.Add(k, v);
+        metrics->Write(rec);
+        if (tb) {
+          std::vector<std::pair<std::string, double>> scalars = {
+              {"train/loss", losses.loss}, {"train/lm_loss", losses.lm}, {"train/lb_loss", losses.lb},
+              {"train/z_loss", losses.z},  {"train/grad_norm", grad_norm}, {"train/lr", lr},
+              {"train/tokens_per_s", tokens_per_s}};
+          for (const auto& [k, v] : router_summary) scalars.emplace_back(k, v);
+          RETURN_IF_ERROR(tb->AddScalars(step + 1, scalars));
+        }
+        if (!options.quiet) {
+          std::fprintf(stderr,
+                       "[train] step %*lld/%lld | loss %.4f (lm %.4f lb %.4f z %.5f) | gnorm %.3f | lr %.2e | "
+                       "%s tok/s | %s elapsed | ETA %s\n",
+                       static_cast<int>(std::to_string(steps).size()), static_cast<long long>(step + 1),
+                       static_cast<long long>(steps), losses.loss, losses.lm, losses.lb, losses.z, grad_norm, lr,
+                       FormatCount(tokens_per_s).c_str(), FormatDuration(elapsed).c_str(), FormatDuration(eta).c_str());
+        }
       }
       window_start = Clock::now();
       window_tokens = 0;
     }
     const int64_t eval_every = config.train().eval_interval();
     if (data->has_validation() && ((eval_every > 0 && (step + 1) % eval_every == 0) || last)) {
-      ASSIGN_OR_RETURN(double val, Evaluate(model, *data, dc, config.train().eval_batches()));
-      metrics->Write(JsonRecord().Add("kind", "eval").Add("step", step + 1).Add("val_loss", val)
-                         .Add("val_ppl", std::exp(val)));
-      if (!options.quiet) {
-        std::fprintf(stderr, "[eval]  step %lld | val loss %.4f | val ppl %.3f\n", static_cast<long long>(step + 1),
-                     val, std::exp(val));
+      ASSIGN_OR_RETURN(double val, Evaluate(model, *data, dc, config.train().eval_batches(), ctx));
+      if (root) {
+        metrics->Write(JsonRecord().Add("kind", "eval").Add("step", step + 1).Add("val_loss", val)
+                           .Add("val_ppl", std::exp(val)));
+        if (tb) RETURN_IF_ERROR(tb->AddScalars(step + 1, {{"val/loss", val}, {"val/ppl", std::exp(val)}}));
+        if (!options.quiet) {
+          std::fprintf(stderr, "[eval]  step %lld | val loss %.4f | val ppl %.3f\n", static_cast<long long>(step + 1),
+                       val, std::exp(val));
+        }
       }
       window_start = Clock::now();  // evaluation time is not training throughput
+    }
+    const int64_t every = config.checkpoint().interval();
+    const bool stop = options.stop_at_step > 0 && step + 1 >= options.stop_at_step && !last;
+    if ((every > 0 && (step + 1) % every == 0) || (last && config.checkpoint().save_final()) || stop) {
+      RETURN_IF_ERROR(checkpoint(step + 1));
+      window_start = Clock::now();
+    }
+    if (stop) {
+      if (say) std::fprintf(stderr, "[train] stopped at step %lld (--stop_at_step); continue with --resume\n",
+                            static_cast<long long>(step + 1));
+      break;
     }
   }
   return absl::OkStatus();

@@ -1,0 +1,437 @@
+#include "core/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/status.h"
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "safetensors data is little-endian; so must the host be");
+
+namespace hybridmoe {
+namespace {
+
+using nlohmann::json;
+
+struct DtypeInfo {
+  const char* name;
+  at::ScalarType type;
+  int bytes;
+  int rank;  // Python's writer lays data out by descending rank, then name
+};
+
+constexpr DtypeInfo kDtypes[] = {
+    {"F64", at::kDouble, 8, 8}, {"F32", at::kFloat, 4, 7}, {"F16", at::kHalf, 2, 4},  {"BF16", at::kBFloat16, 2, 5},
+    {"I64", at::kLong, 8, 9},   {"I32", at::kInt, 4, 6},   {"I16", at::kShort, 2, 3}, {"I8", at::kChar, 1, 2},
+    {"U8", at::kByte, 1, 1},    {"BOOL", at::kBool, 1, 0},
+};
+
+const DtypeInfo* FindDtype(const std::string& name) {
+  for (const DtypeInfo& d : kDtypes) {
+    if (name == d.name) return &d;
+  }
+  return nullptr;
+}
+
+std::string KnownDtypes() {
+  std::vector<std::string> names;
+  for (const DtypeInfo& d : kDtypes) names.push_back(d.name);
+  return absl::StrJoin(names, " ");
+}
+
+std::string ShapeString(const std::vector<int64_t>& shape) { return absl::StrCat("[", absl::StrJoin(shape, ","), "]"); }
+
+bool IsDirectory(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool IsFile(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+std::string Dirname(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? "." : path.substr(0, slash);
+}
+
+bool EndsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+absl::StatusOr<json> ParseJson(const std::string& text, const std::string& origin) {
+  try {
+    return json::parse(text);
+  } catch (const json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(origin, ": malformed JSON: ", e.what()));
+  }
+}
+
+// Parses one tensor entry of a header; `where` is "<file>: tensor <name>".
+absl::StatusOr<SafetensorsEntry> ParseEntry(const json& v, const std::string& where, uint64_t data_bytes) {
+  if (!v.is_object()) return absl::InvalidArgumentError(absl::StrCat(where, ": entry must be a JSON object"));
+  for (auto it = v.begin(); it != v.end(); ++it) {
+    if (it.key() != "dtype" && it.key() != "shape" && it.key() != "data_offsets") {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": unknown field \"", it.key(), "\" (valid: dtype, shape, data_offsets)"));
+    }
+  }
+  SafetensorsEntry e;
+  if (!v.contains("dtype") || !v["dtype"].is_string()) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": \"dtype\" must be a string"));
+  }
+  e.dtype = v["dtype"].get<std::string>();
+  const DtypeInfo* info = FindDtype(e.dtype);
+  if (info == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": unknown dtype \"", e.dtype, "\" (known: ", KnownDtypes(), ")"));
+  }
+  e.scalar_type = info->type;
+  if (!v.contains("shape") || !v["shape"].is_array()) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": \"shape\" must be an array of non-negative integers"));
+  }
+  unsigned __int128 numel = 1;
+  for (const json& d : v["shape"]) {
+    if (!d.is_number_unsigned()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": shape ", v["shape"].dump(), " must hold non-negative integers"));
+    }
+    e.shape.push_back(d.get<int64_t>());
+    numel *= d.get<uint64_t>();
+    if (numel > (static_cast<unsigned __int128>(1) << 62)) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": shape ", v["shape"].dump(), " is too large"));
+    }
+  }
+  const json& off = v.contains("data_offsets") ? v["data_offsets"] : json();
+  if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": \"data_offsets\" must be two non-negative integers [begin, end]"));
+  }
+  e.begin = off[0].get<uint64_t>();
+  e.end = off[1].get<uint64_t>();
+  const std::string range = absl::StrCat("data_offsets [", e.begin, ",", e.end, ")");
+  if (e.begin > e.end) return absl::InvalidArgumentError(absl::StrCat(where, ": ", range, " begin after end"));
+  if (e.end > data_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": ", range, " end past the data section (", data_bytes, " bytes; truncated file?)"));
+  }
+  const unsigned __int128 expected = numel * static_cast<unsigned>(info->bytes);
+  if (expected != e.end - e.begin) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": ", range, " holds ", e.end - e.begin, " bytes but shape ",
+                                                   ShapeString(e.shape), " of ", e.dtype, " needs ",
+                                                   static_cast<uint64_t>(expected)));
+  }
+  return e;
+}
+
+// Tensors must tile the data section exactly: sorted by offset, each starting where the previous ended.
+absl::Status CheckTiling(const std::string& path, const std::map<std::string, SafetensorsEntry>& entries,
+                         uint64_t data_bytes) {
+  std::vector<std::pair<const std::string*, const SafetensorsEntry*>> order;
+  for (const auto& [name, e] : entries) order.push_back({&name, &e});
+  std::sort(order.begin(), order.end(), [](const auto& a, const auto& b) {
+    return std::make_pair(a.second->begin, a.second->end) < std::make_pair(b.second->begin, b.second->end);
+  });
+  uint64_t pos = 0;
+  const std::string* prev = nullptr;
+  for (const auto& [name, e] : order) {
+    if (e->begin != pos) {
+      const std::string what = e->begin < pos ? "overlaps" : "leaves a gap after";
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": tensor ", *name, ": data_offsets [", e->begin, ",", e->end, ") ", what, " ",
+                       prev ? absl::StrCat("tensor ", *prev, " (ending at ", pos, ")") : std::string("offset 0"),
+                       "; tensors must be contiguous and non-overlapping"));
+    }
+    pos = e->end;
+    prev = name;
+  }
+  if (pos != data_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": the data section has ", data_bytes,
+                                                   " bytes but the tensors cover ", pos, " (trailing bytes)"));
+  }
+  return absl::OkStatus();
+}
+
+std::string ErrnoText() { return std::strerror(errno); }
+
+}  // namespace
+
+absl::StatusOr<std::string> SafetensorsDtypeName(at::ScalarType type) {
+  for (const DtypeInfo& d : kDtypes) {
+    if (d.type == type) return std::string(d.name);
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("dtype ", c10::toString(type), " cannot be stored in safetensors (supported: ", KnownDtypes(), ")"));
+}
+
+SafetensorsReader::~SafetensorsReader() {
+  for (MappedFile& f : files_) {
+    if (f.map != nullptr) munmap(f.map, f.bytes);
+  }
+}
+
+absl::Status SafetensorsReader::AddFile(const std::string& path, std::map<std::string, SafetensorsEntry>* entries,
+                                        std::map<std::string, std::string>* metadata) {
+  const int fd = open(path.c_str(), O_RDONLY);
+  if (fd < 0) return absl::NotFoundError(absl::StrCat(path, ": cannot open: ", ErrnoText()));
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
+  }
+  MappedFile f;
+  f.path = path;
+  f.bytes = static_cast<size_t>(st.st_size);
+  if (f.bytes > 0) {
+    f.map = mmap(nullptr, f.bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (f.map == MAP_FAILED) {
+      close(fd);
+      return absl::InternalError(absl::StrCat(path, ": mmap failed: ", ErrnoText()));
+    }
+  }
+  close(fd);
+  files_.push_back(f);  // unmapped by the destructor, whatever happens below
+  const auto* bytes = static_cast<const uint8_t*>(f.map);
+  if (f.bytes < 8) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": file is ", f.bytes, " bytes, too short for the 8-byte header length (truncated file?)"));
+  }
+  uint64_t header_len = 0;
+  std::memcpy(&header_len, bytes, 8);
+  if (header_len > f.bytes - 8) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": header length ", header_len, " exceeds the ", f.bytes - 8,
+                                                   " bytes after it (truncated file, or not a safetensors file?)"));
+  }
+  const std::string header(reinterpret_cast<const char*>(bytes + 8), header_len);
+  if (header.empty() || header[0] != '{') {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": header (", header_len, " bytes) does not start with '{' (not a safetensors file?)"));
+  }
+  ASSIGN_OR_RETURN(const json root, ParseJson(header, path + ": header"));
+  if (!root.is_object()) return absl::InvalidArgumentError(absl::StrCat(path, ": header must be a JSON object"));
+  files_.back().data = bytes + 8 + header_len;
+  files_.back().data_bytes = f.bytes - 8 - header_len;
+  const uint64_t data_bytes = files_.back().data_bytes;
+
+  std::map<std::string, SafetensorsEntry> local;
+  for (auto it = root.begin(); it != root.end(); ++it) {
+    if (it.key() == "__metadata__") {
+      if (!it.value().is_object())
+        return absl::InvalidArgumentError(absl::StrCat(path, ": __metadata__ must be an object"));
+      for (auto m = it.value().begin(); m != it.value().end(); ++m) {
+        if (!m.value().is_string()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(path, ": __metadata__ value of \"", m.key(), "\" must be a string, got ", m.value().dump()));
+        }
+        metadata->emplace(m.key(), m.value().get<std::string>());
+      }
+      continue;
+    }
+    ASSIGN_OR_RETURN(SafetensorsEntry e, ParseEntry(it.value(), absl::StrCat(path, ": tensor ", it.key()), data_bytes));
+    e.file = static_cast<int>(files_.size()) - 1;
+    local.emplace(it.key(), std::move(e));
+  }
+  RETURN_IF_ERROR(CheckTiling(path, local, data_bytes));
+  for (auto& [name, e] : local) {
+    if (entries->count(name)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": tensor ", name, " also appears in ", files_[entries->at(name).file].path));
+    }
+    entries->emplace(name, std::move(e));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<SafetensorsReader>> SafetensorsReader::Open(const std::string& path) {
+  std::unique_ptr<SafetensorsReader> r(new SafetensorsReader());
+  std::string file = path;
+  if (IsDirectory(path)) {
+    if (IsFile(path + "/model.safetensors")) {
+      file = path + "/model.safetensors";
+    } else if (IsFile(path + "/model.safetensors.index.json")) {
+      file = path + "/model.safetensors.index.json";
+    } else {
+      return absl::NotFoundError(
+          absl::StrCat(path, ": directory holds neither model.safetensors nor model.safetensors.index.json"));
+    }
+  }
+  r->path_ = file;
+  if (!EndsWith(file, ".index.json")) {
+    RETURN_IF_ERROR(r->AddFile(file, &r->entries_, &r->metadata_));
+    return r;
+  }
+
+  std::ifstream in(file);
+  if (!in) return absl::NotFoundError(absl::StrCat(file, ": cannot open"));
+  std::stringstream text;
+  text << in.rdbuf();
+  ASSIGN_OR_RETURN(const json index, ParseJson(text.str(), file));
+  if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(file, ": must be a JSON object with a \"weight_map\" object"));
+  }
+  if (index.contains("metadata") && index["metadata"].is_object()) {
+    for (auto m = index["metadata"].begin(); m != index["metadata"].end(); ++m) {
+      r->metadata_.emplace(m.key(), m.value().is_string() ? m.value().get<std::string>() : m.value().dump());
+    }
+  }
+  std::map<std::string, std::string> weight_map;
+  std::set<std::string> shards;
+  for (auto it = index["weight_map"].begin(); it != index["weight_map"].end(); ++it) {
+    if (!it.value().is_string() || it.value().get<std::string>().empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(file, ": weight_map[\"", it.key(), "\"] must be a shard file name, got ", it.value().dump()));
+    }
+    weight_map[it.key()] = it.value().get<std::string>();
+    shards.insert(it.value().get<std::string>());
+  }
+  const std::string dir = Dirname(file);
+  for (const std::string& shard : shards) {
+    std::map<std::string, SafetensorsEntry> shard_entries;
+    RETURN_IF_ERROR(r->AddFile(dir + "/" + shard, &shard_entries, &r->metadata_));
+    for (auto& [name, e] : shard_entries) {
+      auto it = weight_map.find(name);
+      if (it == weight_map.end() || it->second != shard) {
+        return absl::InvalidArgumentError(absl::StrCat(dir, "/", shard, ": holds tensor ", name, " that ", file,
+                                                       " maps to ", it == weight_map.end() ? "no shard" : it->second));
+      }
+      r->entries_.emplace(name, std::move(e));
+    }
+  }
+  for (const auto& [name, shard] : weight_map) {
+    if (!r->entries_.count(name)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(file, ": weight_map maps tensor ", name, " to ", shard, ", which does not hold it"));
+    }
+  }
+  return r;
+}
+
+std::vector<std::string> SafetensorsReader::names() const {
+  std::vector<std::string> out;
+  for (const auto& kv : entries_) out.push_back(kv.first);
+  return out;
+}
+
+const SafetensorsEntry* SafetensorsReader::entry(const std::string& name) const {
+  auto it = entries_.find(name);
+  return it == entries_.end() ? nullptr : &it->second;
+}
+
+const std::string& SafetensorsReader::file_of(const std::string& name) const {
+  auto it = entries_.find(name);
+  return it == entries_.end() ? path_ : files_[it->second.file].path;
+}
+
+absl::StatusOr<at::Tensor> SafetensorsReader::Read(const std::string& name) const {
+  const SafetensorsEntry* e = entry(name);
+  if (e == nullptr) return absl::NotFoundError(absl::StrCat(path_, ": no tensor named ", name));
+  at::Tensor t = at::empty(e->shape, at::TensorOptions().dtype(e->scalar_type));
+  if (e->end > e->begin) std::memcpy(t.data_ptr(), files_[e->file].data + e->begin, e->end - e->begin);
+  return t;
+}
+
+absl::StatusOr<std::map<std::string, at::Tensor>> ReadSafetensors(const std::string& path,
+                                                                  std::map<std::string, std::string>* metadata) {
+  ASSIGN_OR_RETURN(auto reader, SafetensorsReader::Open(path));
+  std::map<std::string, at::Tensor> out;
+  for (const std::string& name : reader->names()) {
+    ASSIGN_OR_RETURN(out[name], reader->Read(name));
+  }
+  if (metadata != nullptr) *metadata = reader->metadata();
+  return out;
+}
+
+namespace {
+
+// Writes through `path`.tmp.<pid>, fsyncs and renames; `write` fills the open FILE*.
+template <typename WriteFn>
+absl::Status WriteAtomically(const std::string& path, WriteFn write) {
+  const std::string tmp = absl::StrCat(path, ".tmp.", getpid());
+  FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (f == nullptr) return absl::PermissionDeniedError(absl::StrCat(path, ": cannot create ", tmp, ": ", ErrnoText()));
+  bool ok = write(f);
+  ok = std::fflush(f) == 0 && ok;
+  ok = fsync(fileno(f)) == 0 && ok;
+  ok = std::fclose(f) == 0 && ok;
+  if (!ok) {
+    const std::string why = ErrnoText();
+    std::remove(tmp.c_str());
+    return absl::InternalError(absl::StrCat(path, ": write failed: ", why));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const std::string why = ErrnoText();
+    std::remove(tmp.c_str());
+    return absl::InternalError(absl::StrCat(path, ": cannot rename ", tmp, " into place: ", why));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status WriteFileAtomically(const std::string& path, const std::string& contents) {
+  return WriteAtomically(
+      path, [&](FILE* f) { return std::fwrite(contents.data(), 1, contents.size(), f) == contents.size(); });
+}
+
+absl::Status WriteSafetensors(const std::string& path, const std::map<std::string, at::Tensor>& tensors,
+                              const std::map<std::string, std::string>& metadata) {
+  struct Item {
+    const std::string* name;
+    at::Tensor data;
+    const DtypeInfo* dtype;
+  };
+  std::vector<Item> items;
+  for (const auto& [name, t] : tensors) {
+    if (name == "__metadata__")
+      return absl::InvalidArgumentError(absl::StrCat(path, ": tensor name __metadata__ is reserved"));
+    if (!t.defined()) return absl::InvalidArgumentError(absl::StrCat(path, ": tensor ", name, " is undefined"));
+    auto dtype = SafetensorsDtypeName(t.scalar_type());
+    if (!dtype.ok())
+      return absl::InvalidArgumentError(absl::StrCat(path, ": tensor ", name, ": ", dtype.status().message()));
+    items.push_back({&name, t.detach().to(at::kCPU).contiguous(), FindDtype(*dtype)});
+  }
+  // Python's order (ranks descend with element size, so every tensor is naturally aligned), then by name.
+  std::stable_sort(items.begin(), items.end(),
+                   [](const Item& a, const Item& b) { return a.dtype->rank > b.dtype->rank; });
+  json header = json::object();
+  uint64_t offset = 0;
+  for (const Item& item : items) {
+    const uint64_t n = item.data.numel() * item.data.element_size();
+    header[*item.name] = {
+        {"dtype", item.dtype->name}, {"shape", item.data.sizes().vec()}, {"data_offsets", {offset, offset + n}}};
+    offset += n;
+  }
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+  return WriteAtomically(path, [&](FILE* f) {
+    const uint64_t len = text.size();
+    bool ok = std::fwrite(&len, 8, 1, f) == 1 && std::fwrite(text.data(), 1, text.size(), f) == text.size();
+    for (const Item& item : items) {
+      const size_t n = item.data.numel() * item.data.element_size();
+      if (ok && n > 0) ok = std::fwrite(item.data.data_ptr(), 1, n, f) == n;
+    }
+    return ok;
+  });
+}
+
+absl::Status WriteSafetensorsIndex(const std::string& path, const std::map<std::string, std::string>& weight_map,
+                                   const std::map<std::string, std::string>& metadata) {
+  json index = {{"metadata", metadata}, {"weight_map", weight_map}};
+  return WriteFileAtomically(path, index.dump(2) + "\n");
+}
+
+}  // namespace hybridmoe

@@ -1,0 +1,126 @@
+// Communicator: the collectives a group of ranks runs together, with a deadline on every one of them.
+//
+// Legend: P ranks in the group, N rows, D row width (any trailing shape).
+// A Communicator is a group of P ranks (the world, an expert-parallel group, a data-parallel group). Every
+// rank of the group must call the same operations in the same order with matching arguments; zero-sized
+// parts (a peer that gets no rows) still take part, so the sequence of operations never depends on data.
+//
+// Deadline: MPI itself never times out, so every operation is issued non-blocking and polled against
+// `timeout_s`. When it expires the rank prints ONE line to stderr, e.g.
+//   rank 1: all-to-all in layer 3 did not complete within 30 s; rank 2 is unresponsive or dead
+// naming the peers it can (a peer whose rows did not arrive, or that did not answer a short liveness
+// probe among the group's ranks that also timed out), and aborts the whole job (MPI_Abort, exit status 1).
+// A failed MPI call ends the same way. `what` names the operation in that line ("all-to-all in layer 3").
+//
+// MpiCommunicator (this file) works on CPU tensors; NcclCommunicator (nccl_communicator.h, CUDA builds)
+// on CUDA tensors. SelfCommunicator is the one-rank group (no MPI): every operation is the identity.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <mpi.h>
+
+namespace hybridmoe {
+
+enum class ReduceOp { kSum, kMax };
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;  // in this group, 0..size()-1
+  virtual int size() const = 0;
+  // World rank of group rank `r` (for messages and tests).
+  virtual int world_rank(int r) const = 0;
+  virtual double timeout_s() const = 0;
+
+  // x_ND holds send_rows_P[p] consecutive rows for each group rank p in order (sum = N). Returns the rows
+  // received, recv_rows_P[p] from each p in order: [sum(recv_rows_P), D...]. The caller knows recv_rows_P
+  // (exchange counts first with AllToAllCounts). Rows keep x_ND's dtype and trailing shape.
+  virtual at::Tensor AllToAll(const at::Tensor& x_ND, const std::vector<int64_t>& send_rows_P,
+                              const std::vector<int64_t>& recv_rows_P, std::string_view what) = 0;
+  // send_PN: n values for each group rank p (P*n values). Returns the n values each p sent here (P*n).
+  virtual std::vector<int64_t> AllToAllCounts(const std::vector<int64_t>& send_PN, std::string_view what) = 0;
+  // In place over the group; `t` must be contiguous.
+  virtual void AllReduce(const at::Tensor& t, ReduceOp op, std::string_view what) = 0;
+  virtual void Broadcast(const at::Tensor& t, int root, std::string_view what) = 0;
+  virtual void Barrier(std::string_view what) = 0;
+  // Every rank's bytes on `root` (in group order); other ranks get an empty vector.
+  virtual std::vector<std::string> Gather(const std::string& bytes, int root, std::string_view what) = 0;
+  // The sub-group of ranks that pass the same `color`, ordered by (key, rank). Collective over this group.
+  virtual std::shared_ptr<Communicator> Split(int color, int key) = 0;
+};
+
+// One rank, no MPI.
+class SelfCommunicator : public Communicator {
+ public:
+  explicit SelfCommunicator(double timeout_s = 300) : timeout_s_(timeout_s) {}
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  int world_rank(int) const override { return 0; }
+  double timeout_s() const override { return timeout_s_; }
+  at::Tensor AllToAll(const at::Tensor& x_ND, const std::vector<int64_t>& send_rows_P,
+                      const std::vector<int64_t>& recv_rows_P, std::string_view what) override;
+  std::vector<int64_t> AllToAllCounts(const std::vector<int64_t>& send_PN, std::string_view) override {
+    return send_PN;
+  }
+  void AllReduce(const at::Tensor&, ReduceOp, std::string_view) override {}
+  void Broadcast(const at::Tensor&, int, std::string_view) override {}
+  void Barrier(std::string_view) override {}
+  std::vector<std::string> Gather(const std::string& bytes, int, std::string_view) override { return {bytes}; }
+  std::shared_ptr<Communicator> Split(int, int) override { return std::make_shared<SelfCommunicator>(timeout_s_); }
+
+ private:
+  double timeout_s_;
+};
+
+// A group of MPI processes (MPI must be initialised, at least MPI_THREAD_SERIALIZED). Owns a duplicate of
+// `comm` (plus one for liveness probes); frees them unless MPI is already finalised.
+class MpiCommunicator : public Communicator {
+ public:
+  MpiCommunicator(MPI_Comm comm, double timeout_s);
+  ~MpiCommunicator() override;
+  // The world (MPI_COMM_WORLD).
+  static std::shared_ptr<MpiCommunicator> World(double timeout_s);
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  int world_rank(int r) const override { return world_ranks_.at(r); }
+  double timeout_s() const override { return timeout_s_; }
+  at::Tensor AllToAll(const at::Tensor& x_ND, const std::vector<int64_t>& send_rows_P,
+                      const std::vector<int64_t>& recv_rows_P, std::string_view what) override;
+  std::vector<int64_t> AllToAllCounts(const std::vector<int64_t>& send_PN, std::string_view what) override;
+  void AllReduce(const at::Tensor& t, ReduceOp op, std::string_view what) override;
+  void Broadcast(const at::Tensor& t, int root, std::string_view what) override;
+  void Barrier(std::string_view what) override;
+  std::vector<std::string> Gather(const std::string& bytes, int root, std::string_view what) override;
+  std::shared_ptr<Communicator> Split(int color, int key) override;
+  std::shared_ptr<MpiCommunicator> SplitMpi(int color, int key);
+
+  // Polls `requests` until all are done or the deadline passes; `peer_of` (empty, or one entry per
+  // request) gives the group rank a receive waits on (-1 for other requests), to name a silent peer.
+  void Wait(std::vector<MPI_Request>& requests, const std::vector<int>& peer_of, std::string_view what);
+  // Prints the one-line diagnosis and aborts the job. Never returns.
+  [[noreturn]] void Fail(std::string_view what, const std::string& problem);
+  // The deadline of `what` passed: names `silent` (group ranks known not to have answered; when empty,
+  // those that fail a liveness probe) and aborts via Fail.
+  [[noreturn]] void TimedOut(std::string_view what, std::vector<int> silent);
+  // Group ranks that do not answer a liveness probe within `grace_s` (every live rank of the group that
+  // is stuck in the same operation answers when its own deadline expires).
+  std::vector<int> ProbeUnresponsive(double grace_s);
+  MPI_Comm comm() const { return comm_; }
+
+ private:
+  MPI_Comm comm_ = MPI_COMM_NULL, probe_comm_ = MPI_COMM_NULL;
+  int rank_ = 0, size_ = 1;
+  std::vector<int> world_ranks_;
+  double timeout_s_;
+};
+
+// Rendering of "rank 2", "ranks 1, 3" (world ranks) for the timeout line.
+std::string DescribeRanks(const std::vector<int>& world_ranks);
+
+}  // namespace hybridmoe

@@ -1,0 +1,127 @@
+#include "parallel/topology.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <numeric>
+#include <tuple>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace hybridmoe {
+namespace {
+
+// Positive integer value of a variable, 0 when unset or not a number.
+int IntVar(const std::function<const char*(const char*)>& getenv, const char* name) {
+  const char* v = getenv(name);
+  if (v == nullptr || *v == '\0') return 0;
+  char* end = nullptr;
+  const long n = std::strtol(v, &end, 10);
+  return (*end == '\0' && n > 0 && n < (1 << 30)) ? static_cast<int>(n) : 0;
+}
+
+std::string Divisors(int n) {
+  std::vector<int> d;
+  for (int i = 1; i <= n; ++i) {
+    if (n % i == 0) d.push_back(i);
+  }
+  return absl::StrJoin(d, ", ");
+}
+
+}  // namespace
+
+absl::StatusOr<LaunchInfo> DetectLaunch(const std::function<const char*(const char*)>& getenv) {
+  LaunchInfo info;
+  const bool pmi = getenv("PMIX_RANK") != nullptr || getenv("PMI_RANK") != nullptr;
+  const bool srun = getenv("SLURM_STEP_ID") != nullptr && getenv("SLURM_STEP_NUM_TASKS") != nullptr;
+  if (getenv("OMPI_COMM_WORLD_SIZE") != nullptr) {
+    info.use_mpi = true;
+    info.launcher = "mpirun";
+    info.expected_world_size = IntVar(getenv, "OMPI_COMM_WORLD_SIZE");
+  } else if (srun) {
+    const int tasks = IntVar(getenv, "SLURM_STEP_NUM_TASKS");
+    const char* job = getenv("SLURM_JOB_ID");
+    info.launcher = absl::StrCat("srun (Slurm job ", job ? job : "?", ", step ", getenv("SLURM_STEP_ID"), ")");
+    info.expected_world_size = tasks;
+    info.use_mpi = pmi;
+    if (!pmi && tasks > 1) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "launch: srun started ", tasks, " tasks (SLURM_STEP_NUM_TASKS=", tasks,
+          ") without MPI wire-up (no PMIX_RANK), so each would train alone; use srun --mpi=pmix, or mpirun inside "
+          "the allocation"));
+    }
+  } else if (pmi) {
+    info.use_mpi = true;
+    info.launcher = "PMI launcher";
+    info.expected_world_size = std::max(IntVar(getenv, "PMI_SIZE"), IntVar(getenv, "PMIX_SIZE"));
+  } else {
+    info.launcher = "none";
+  }
+  return info;
+}
+
+absl::Status CheckWorldSize(const LaunchInfo& launch, int mpi_world_size) {
+  if (launch.expected_world_size > 0 && launch.expected_world_size != mpi_world_size) {
+    return absl::FailedPreconditionError(absl::StrCat("launch: ", launch.launcher, " started ",
+                                                      launch.expected_world_size, " ranks but MPI sees a world of ",
+                                                      mpi_world_size, "; the launcher and the MPI library disagree"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckParallelConfig(const TrainConfig& config, int world_size) {
+  const ParallelConfig& p = config.parallel();
+  const int ep = p.expert_parallel_size();
+  if (ep < 1 || world_size % ep != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("parallel.expert_parallel_size (", ep,
+                                                   ") must divide the number of ranks (", world_size,
+                                                   "); valid: ", Divisors(world_size)));
+  }
+  const int experts = config.model().moe().num_experts();
+  if (config.model().moe().every_n_layers() > 0 && experts % ep != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("model.moe.num_experts (", experts,
+                                                   ") must be divisible by parallel.expert_parallel_size (", ep,
+                                                   "); valid sizes here: ", Divisors(std::gcd(experts, world_size))));
+  }
+  if (!(p.timeout_s() > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("parallel.timeout_s (", p.timeout_s(), ") must be > 0 seconds"));
+  }
+  return absl::OkStatus();
+}
+
+Topology MakeTopology(const std::vector<RankPlace>& places, int rank, int ep_size) {
+  Topology t;
+  t.world_size = static_cast<int>(places.size());
+  t.rank = rank;
+  t.ep_size = ep_size;
+  t.dp_size = t.world_size / ep_size;
+  // Nodes numbered by their lowest rank.
+  std::map<int, int> lowest_rank_of_node;
+  for (int r = t.world_size - 1; r >= 0; --r) lowest_rank_of_node[places[r].node] = r;
+  std::vector<std::pair<int, int>> node_order;  // (lowest rank, node id)
+  for (const auto& [node, lowest] : lowest_rank_of_node) node_order.emplace_back(lowest, node);
+  std::sort(node_order.begin(), node_order.end());
+  std::map<int, int> node_index;
+  for (size_t i = 0; i < node_order.size(); ++i) node_index[node_order[i].second] = static_cast<int>(i);
+  t.num_nodes = static_cast<int>(node_order.size());
+  t.node = node_index[places[rank].node];
+  t.local_rank = places[rank].local_rank;
+  t.local_size = 0;
+  for (const RankPlace& p : places) t.local_size += p.node == places[rank].node ? 1 : 0;
+
+  std::vector<int> order(t.world_size);  // order[position] = world rank
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int a, int b) {
+    return std::make_tuple(node_index[places[a].node], places[a].local_rank, a) <
+           std::make_tuple(node_index[places[b].node], places[b].local_rank, b);
+  });
+  const int position = static_cast<int>(std::find(order.begin(), order.end(), rank) - order.begin());
+  t.ep_rank = position % ep_size;
+  t.dp_rank = position / ep_size;
+  for (int e = 0; e < ep_size; ++e) t.ep_group.push_back(order[t.dp_rank * ep_size + e]);
+  for (int d = 0; d < t.dp_size; ++d) t.dp_group.push_back(order[d * ep_size + t.ep_rank]);
+  return t;
+}
+
+}  // namespace hybridmoe
