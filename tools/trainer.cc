@@ -65,6 +65,43 @@ absl::Status TruncateMetrics(const std::string& path, int64_t step) {
   return WriteFileAtomically(path, kept);
 }
 
+// Per-block gradient norms of the attention, FFN/expert and router weights (logging.per_layer_grad_norms),
+// each parameter counted once over the process layout: replicated tensors by ep_rank 0 of each DP group,
+// expert shards by their owners; every DP group contributes one copy, hence the division by dp_size.
+std::vector<std::pair<std::string, double>> PerBlockGradNorms(Transformer& model, ParallelContext& ctx) {
+  std::vector<std::string> names;
+  std::vector<double> sums;
+  at::NoGradGuard no_grad;
+  for (size_t i = 0; i < model->blocks.size(); ++i) {
+    double attn = 0, ffn = 0, router = 0;
+    for (const auto& item : model->blocks[i]->named_parameters()) {
+      const at::Tensor& g = item.value().grad();
+      if (!g.defined()) continue;
+      const std::string& k = item.key();
+      const bool expert = k.rfind("moe.experts.", 0) == 0;
+      if (!expert && ctx.ep_rank() != 0) continue;
+      const double sq = g.to(at::kDouble).pow(2).sum().item<double>();
+      if (k.rfind("attn.", 0) == 0) {
+        attn += sq;
+      } else if (expert || k.rfind("ffn.", 0) == 0) {
+        ffn += sq;
+      } else if (k == "moe.router") {
+        router += sq;
+      }
+    }
+    const std::string prefix = absl::StrCat("grad_norm/block", i, "/");
+    for (const auto& [n, v] : {std::pair<const char*, double>{"attn", attn}, {"ffn", ffn}, {"router", router}}) {
+      if (std::string(n) == "router" && model->blocks[i]->moe.is_empty()) continue;
+      names.push_back(prefix + n);
+      sums.push_back(v);
+    }
+  }
+  ctx.SumOverRanks(sums);
+  std::vector<std::pair<std::string, double>> out;
+  for (size_t j = 0; j < names.size(); ++j) out.emplace_back(names[j], std::sqrt(sums[j] / ctx.dp_size()));
+  return out;
+}
+
 struct StepLosses {
   double loss = 0, lm = 0, lb = 0, z = 0, nonfinite = 0;
 };
@@ -218,8 +255,11 @@ absl::Status Train(const TrainConfig& config, const TrainOptions& options, Paral
     const double lr = LearningRate(schedule, step);
     for (at::Tensor& p : params) p.mutable_grad().reset();
     std::vector<double> local = {0, 0, 0, 0, 0};  // loss, lm, lb, z, non-finite flag
+    uint64_t data_hash = 0;  // fingerprint of rank 0's tokens this step (same data order <=> same hashes)
     for (int64_t m = 0; m < accum; ++m) {
       ASSIGN_OR_RETURN(Batch batch, data->TrainBatch(step, global_batch, (ctx.rank() * accum + m) * micro, micro));
+      const int64_t* ids = batch.inputs.data_ptr<int64_t>();
+      for (int64_t i = 0; i < batch.inputs.numel(); ++i) data_hash = Mix64(data_hash ^ static_cast<uint64_t>(ids[i]));
       ModelOutput out = model(batch.inputs, batch.targets);
       if (nan_steps.count(step + 1)) out.loss = out.loss * std::nan("");
       (out.loss / static_cast<double>(accum)).backward();
@@ -234,6 +274,9 @@ absl::Status Train(const TrainConfig& config, const TrainOptions& options, Paral
     StepLosses losses{local[0] / world, local[1] / world, local[2] / world, local[3] / world, local[4]};
     ctx.SyncGradients(model);  // gradients of the global mean loss
     const double grad_norm = ctx.GradNorm(model);
+    const bool log_step = (step + 1) % config.logging().log_interval() == 0 || step + 1 == steps || step == 0;
+    std::vector<std::pair<std::string, double>> block_norms;
+    if (log_step && config.logging().per_layer_grad_norms()) block_norms = PerBlockGradNorms(model, ctx);
     const bool finite = losses.nonfinite == 0 && std::isfinite(grad_norm);
     if (finite) {
       const double clip = config.optim().grad_clip();
@@ -269,7 +312,7 @@ absl::Status Train(const TrainConfig& config, const TrainOptions& options, Paral
     window_tokens += tokens_per_step;
 
     const bool last = step + 1 == steps;
-    if ((step + 1) % config.logging().log_interval() == 0 || last || step == 0) {
+    if (log_step) {
       std::vector<std::pair<std::string, double>> router_summary;
       if (router_logger) {
         ASSIGN_OR_RETURN(router_summary,
@@ -283,8 +326,10 @@ absl::Status Train(const TrainConfig& config, const TrainOptions& options, Paral
         rec.Add("kind", "train").Add("step", step + 1).Add("loss", losses.loss).Add("lm_loss", losses.lm)
             .Add("lb_loss", losses.lb).Add("z_loss", losses.z).Add("grad_norm", grad_norm).Add("lr", lr)
             .Add("tokens_per_s", tokens_per_s).Add("tokens", (step + 1) * tokens_per_step)
-            .Add("elapsed_s", elapsed).Add("skipped_steps", state.skipped_steps);
+            .Add("elapsed_s", elapsed).Add("skipped_steps", state.skipped_steps)
+            .Add("data_hash", absl::StrFormat("%016x", data_hash));
         for (const auto& [k, v] : router_summary) rec.Add(k, v);
+        for (const auto& [k, v] : block_norms) rec.Add(k, v);
         metrics->Write(rec);
         if (tb) {
           std::vector<std::pair<std::string, double>> scalars = {
@@ -292,6 +337,7 @@ absl::Status Train(const TrainConfig& config, const TrainOptions& options, Paral
               {"train/z_loss", losses.z},  {"train/grad_norm", grad_norm}, {"train/lr", lr},
               {"train/tokens_per_s", tokens_per_s}};
           for (const auto& [k, v] : router_summary) scalars.emplace_back(k, v);
+          for (const auto& [k, v] : block_norms) scalars.emplace_back(k, v);
           RETURN_IF_ERROR(tb->AddScalars(step + 1, scalars));
         }
         if (!options.quiet) {

@@ -1,0 +1,286 @@
+#include "tools/compare_metrics.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <limits>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+
+namespace hybridmoe {
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+class FlatJsonParser {
+ public:
+  explicit FlatJsonParser(const std::string& s) : s_(s) {}
+
+  absl::StatusOr<MetricsRecord> Parse() {
+    MetricsRecord rec;
+    Skip();
+    if (!Eat('{')) return Error("expected '{'");
+    Skip();
+    if (Eat('}')) return Finish(rec);
+    while (true) {
+      Skip();
+      std::string key;
+      if (!String(&key)) return Error("expected a quoted key");
+      Skip();
+      if (!Eat(':')) return Error("expected ':'");
+      Skip();
+      if (Peek() == '"') {
+        std::string value;
+        if (!String(&value)) return Error("unterminated string");
+        rec.str[key] = value;
+      } else if (Word("null")) {
+        rec.num[key] = kNaN;
+      } else if (Word("true")) {
+        rec.num[key] = 1;
+      } else if (Word("false")) {
+        rec.num[key] = 0;
+      } else {
+        const char* begin = s_.c_str() + i_;
+        char* end = nullptr;
+        const double v = std::strtod(begin, &end);
+        if (end == begin) return Error("expected a number, string, true, false or null");
+        i_ += static_cast<size_t>(end - begin);
+        rec.num[key] = v;
+      }
+      Skip();
+      if (Eat(',')) continue;
+      if (Eat('}')) return Finish(rec);
+      return Error("expected ',' or '}'");
+    }
+  }
+
+ private:
+  absl::StatusOr<MetricsRecord> Finish(const MetricsRecord& rec) {
+    Skip();
+    if (i_ != s_.size()) return Error("trailing characters after the object");
+    return rec;
+  }
+  absl::Status Error(const std::string& what) const {
+    return absl::InvalidArgumentError(absl::StrCat("JSON at byte ", i_, ": ", what));
+  }
+  char Peek() const { return i_ < s_.size() ? s_[i_] : '\0'; }
+  void Skip() {
+    while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\t' || s_[i_] == '\r' || s_[i_] == '\n')) ++i_;
+  }
+  bool Eat(char c) {
+    if (Peek() != c) return false;
+    ++i_;
+    return true;
+  }
+  bool Word(const char* w) {
+    const size_t n = std::char_traits<char>::length(w);
+    if (s_.compare(i_, n, w) != 0) return false;
+    i_ += n;
+    return true;
+  }
+  bool String(std::string* out) {
+    if (!Eat('"')) return false;
+    while (i_ < s_.size()) {
+      const char c = s_[i_++];
+      if (c == '"') return true;
+      if (c != '\\') {
+        out->push_back(c);
+        continue;
+      }
+      if (i_ >= s_.size()) return false;
+      const char e = s_[i_++];
+      switch (e) {
+        case 'n': out->push_back('\n'); break;
+        case 't': out->push_back('\t'); break;
+        case 'r': out->push_back('\r'); break;
+        case 'b': out->push_back('\b'); break;
+        case 'f': out->push_back('\f'); break;
+        case 'u': {  // metrics only escape control characters this way
+          if (i_ + 4 > s_.size()) return false;
+          out->push_back(static_cast<char>(std::strtol(s_.substr(i_, 4).c_str(), nullptr, 16) & 0x7f));
+          i_ += 4;
+          break;
+        }
+        default: out->push_back(e);
+      }
+    }
+    return false;
+  }
+
+  const std::string& s_;
+  size_t i_ = 0;
+};
+
+bool Finite(double v) { return std::isfinite(v); }
+
+}  // namespace
+
+double MetricsRecord::Get(const std::string& key) const {
+  auto it = num.find(key);
+  return it == num.end() ? kNaN : it->second;
+}
+
+absl::StatusOr<MetricsRecord> ParseFlatJsonObject(const std::string& line) { return FlatJsonParser(line).Parse(); }
+
+absl::StatusOr<RunMetrics> ReadRunMetrics(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, " does not exist or cannot be read"));
+  RunMetrics run;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    auto rec = ParseFlatJsonObject(line);
+    if (!rec.ok()) {
+      ++run.unreadable_lines;
+      continue;
+    }
+    const std::string kind = rec->str.count("kind") ? rec->str.at("kind") : "";
+    if (kind == "train") run.train.push_back(std::move(*rec));
+    else if (kind == "eval") run.eval.push_back(std::move(*rec));
+    else if (kind == "skip") run.skip.push_back(std::move(*rec));
+    else if (kind == "abort") run.abort.push_back(std::move(*rec));
+  }
+  return run;
+}
+
+VariantSummary Summarize(const RunMetrics& m, const SummaryOptions& options) {
+  VariantSummary s;
+  s.final_train_loss = s.best_val_loss = s.final_val_loss = s.tokens_to_target = kNaN;
+  s.final_entropy = s.final_max_over_mean = s.mean_max_over_mean = kNaN;
+
+  double sum = 0;
+  for (auto it = m.train.rbegin(); it != m.train.rend() && s.final_window_used < options.final_window; ++it) {
+    const double loss = it->Get("loss");
+    if (!Finite(loss)) continue;
+    sum += loss;
+    ++s.final_window_used;
+  }
+  if (s.final_window_used > 0) s.final_train_loss = sum / s.final_window_used;
+
+  for (const MetricsRecord& r : m.eval) {
+    const double v = r.Get("val_loss");
+    if (!Finite(v)) continue;
+    if (!Finite(s.best_val_loss) || v < s.best_val_loss) {
+      s.best_val_loss = v;
+      s.best_val_step = r.Step();
+    }
+    s.final_val_loss = v;
+  }
+
+  double lowest = kNaN, mom_sum = 0;
+  int64_t mom_n = 0;
+  s.max_grad_norm = kNaN;
+  for (const MetricsRecord& r : m.train) {
+    const double loss = r.Get("loss");
+    if (options.target_loss > 0 && !Finite(s.tokens_to_target) && Finite(loss) && loss <= options.target_loss) {
+      s.tokens_to_target = r.Get("tokens");
+    }
+    if (Finite(loss)) {
+      if (Finite(lowest) && loss > options.spike_ratio * lowest) ++s.loss_spikes;
+      if (!Finite(lowest) || loss < lowest) lowest = loss;
+    }
+    const double g = r.Get("grad_norm");
+    if (Finite(g) && (!Finite(s.max_grad_norm) || g > s.max_grad_norm)) s.max_grad_norm = g;
+    const double mom = r.Get("router/max_over_mean");
+    if (Finite(mom)) {
+      mom_sum += mom;
+      ++mom_n;
+    }
+  }
+  if (mom_n > 0) s.mean_max_over_mean = mom_sum / mom_n;
+  if (!m.train.empty()) {
+    const MetricsRecord& last = m.train.back();
+    s.last_step = last.Step();
+    s.tokens = last.Get("tokens");
+    s.final_entropy = last.Get("router/entropy_mean");
+    s.final_max_over_mean = last.Get("router/max_over_mean");
+    const double dead = last.Get("router/dead_experts");
+    s.dead_experts = Finite(dead) ? static_cast<int64_t>(dead) : 0;
+  }
+  s.skipped_steps = static_cast<int64_t>(m.skip.size());
+
+  if (!m.abort.empty()) {
+    s.diverged = true;
+    s.diverged_reason = absl::StrCat("aborted at step ", m.abort.back().Step(), " after ",
+                                     static_cast<int64_t>(m.abort.back().Get("consecutive_bad_steps")),
+                                     " consecutive non-finite steps");
+  } else if (!m.train.empty() && !Finite(m.train.back().Get("loss"))) {
+    s.diverged = true;
+    s.diverged_reason = absl::StrCat("loss not finite at the last logged step ", s.last_step);
+  } else if (m.train.size() > 1 && m.train.back().Get("loss") > m.train.front().Get("loss")) {
+    s.diverged = true;
+    s.diverged_reason = absl::StrCat("loss at step ", s.last_step, " is above the loss at step ",
+                                     m.train.front().Step());
+  }
+  return s;
+}
+
+double DefaultTargetLoss(const std::vector<VariantSummary>& summaries) {
+  std::vector<double> healthy, all;
+  for (const VariantSummary& s : summaries) {
+    if (!Finite(s.final_train_loss)) continue;
+    all.push_back(s.final_train_loss);
+    if (!s.diverged) healthy.push_back(s.final_train_loss);
+  }
+  std::vector<double>& v = healthy.empty() ? all : healthy;
+  if (v.empty()) return kNaN;
+  std::sort(v.begin(), v.end());
+  // The upper median for an even count, so that the target is still reached by at least one run.
+  return v[v.size() / 2];
+}
+
+DataOrderCheck CompareDataOrder(const std::vector<std::string>& names, const std::vector<const RunMetrics*>& runs) {
+  DataOrderCheck check;
+  std::map<int64_t, std::vector<std::pair<size_t, std::string>>> by_step;
+  for (size_t v = 0; v < runs.size(); ++v) {
+    for (const MetricsRecord& r : runs[v]->train) {
+      auto it = r.str.find("data_hash");
+      if (it != r.str.end()) by_step[r.Step()].emplace_back(v, it->second);
+    }
+  }
+  for (const auto& [step, hashes] : by_step) {
+    if (hashes.size() < 2) continue;
+    ++check.steps_compared;
+    for (const auto& [v, h] : hashes) {
+      if (h != hashes[0].second && check.identical) {
+        check.identical = false;
+        check.detail = absl::StrCat("step ", step, ": ", names[hashes[0].first], " saw data ", hashes[0].second,
+                                    " but ", names[v], " saw ", h);
+      }
+    }
+  }
+  if (check.identical) {
+    check.detail = check.steps_compared == 0
+                       ? "no step was logged with a data_hash by two or more variants"
+                       : absl::StrCat("identical data_hash at all ", check.steps_compared,
+                                      " logged steps shared by two or more variants");
+  }
+  return check;
+}
+
+std::vector<int64_t> StepsWithKey(const std::vector<const RunMetrics*>& runs, const std::string& key) {
+  std::set<int64_t> steps;
+  for (const RunMetrics* run : runs) {
+    for (const MetricsRecord& r : run->train) {
+      if (r.num.count(key)) steps.insert(r.Step());
+    }
+  }
+  return {steps.begin(), steps.end()};
+}
+
+std::vector<double> BlockGradNorms(const RunMetrics& metrics, int64_t step, const std::string& part) {
+  std::vector<double> out;
+  for (const MetricsRecord& r : metrics.train) {
+    if (r.Step() != step) continue;
+    // Every block logs attn; ffn and router are absent for blocks without them (NaN here).
+    for (int i = 0; r.num.count(absl::StrCat("grad_norm/block", i, "/attn")); ++i) {
+      out.push_back(r.Get(absl::StrCat("grad_norm/block", i, "/", part)));
+    }
+    break;  // a step is logged once (a resumed run's metrics are truncated to its checkpoint)
+  }
+  return out;
+}
+
+}  // namespace hybridmoe

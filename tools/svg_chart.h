@@ -1,0 +1,38 @@
+// Line charts as inline SVG text for self-contained HTML reports (no scripts, no external resources).
+//
+// A chart draws one polyline per series over shared axes with "nice" ticks (1-2-5 steps; decades on a log
+// y axis) and a legend. Non-finite y values break a line (a diverged run stops where its values stop);
+// values outside an explicit y range are clamped to the plot's edge. Pure string building, no I/O.
+#pragma once
+
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace hybridmoe {
+
+struct ChartSeries {
+  std::string name;
+  std::vector<std::pair<double, double>> points;  // (x, y), x ascending
+  bool markers = false;                           // a dot at every point (for short series)
+};
+
+struct ChartOptions {
+  std::string title, x_label, y_label;
+  bool log_y = false;
+  // Explicit y range; NaN = from the data.
+  double y_min = std::numeric_limits<double>::quiet_NaN();
+  double y_max = std::numeric_limits<double>::quiet_NaN();
+  int width = 720, height = 340;
+};
+
+// The i-th colour of a fixed, colour-blind-friendly palette (wraps around).
+std::string SeriesColor(size_t i);
+
+std::string LineChartSvg(const std::vector<ChartSeries>& series, const ChartOptions& options);
+
+// Escapes &, <, >, " for XML/HTML text and attributes.
+std::string XmlEscape(const std::string& s);
+
+}  // namespace hybridmoe
