@@ -8,21 +8,8 @@
 namespace hybridmoe {
 namespace {
 
-// Mirrors the norm slots TransformerBlockImpl registers for each sub-layer form (models/block.cc).
-int64_t NormsOfForm(SubLayerForm form) {
-  switch (form) {
-    case SubLayerForm::kPre:
-    case SubLayerForm::kNormResidual:
-    case SubLayerForm::kPost:
-    case SubLayerForm::kDeep:
-      return 1;
-    case SubLayerForm::kSandwich:
-      return 2;
-    case SubLayerForm::kNone:
-      return 0;
-  }
-  return 0;
-}
+// The norm slots TransformerBlockImpl registers for a sub-layer form.
+int64_t NormsOfForm(SubLayerForm form) { return int64_t{UsesInputNorm(form)} + int64_t{UsesOutputNorm(form)}; }
 
 ParamCount Dense(int64_t n) { return {n, n}; }
 

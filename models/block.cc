@@ -75,15 +75,14 @@ const char* NormStrategyName(NormStrategy s) {
   return "?";
 }
 
-namespace {
-
-// Which of the two norm slots (input-side, output-side) a form uses.
 bool UsesInputNorm(SubLayerForm f) {
   return f == SubLayerForm::kPre || f == SubLayerForm::kNormResidual || f == SubLayerForm::kSandwich;
 }
 bool UsesOutputNorm(SubLayerForm f) {
   return f == SubLayerForm::kPost || f == SubLayerForm::kSandwich || f == SubLayerForm::kDeep;
 }
+
+namespace {
 
 at::Tensor ApplySubLayer(SubLayerForm form, const at::Tensor& x, const std::function<at::Tensor(const at::Tensor&)>& f,
                          Norm& in_norm, Norm& out_norm, double alpha, const at::Tensor& branch_scale) {

@@ -62,6 +62,9 @@ struct BlockLayout {
 };
 
 BlockLayout ResolveBlockLayout(const NormStrategyOptions& norm, int64_t layer, int64_t n_layers);
+// Whether a sub-layer of this form has a norm on (or replacing) its input, and one after F or the add.
+bool UsesInputNorm(SubLayerForm form);
+bool UsesOutputNorm(SubLayerForm form);
 // DeepNorm's init scale (8L)^(-1/4) for v, out and FFN weights; 1 for every other strategy.
 double ResidualInitScale(const NormStrategyOptions& norm, int64_t n_layers);
 const char* NormStrategyName(NormStrategy s);

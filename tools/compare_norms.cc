@@ -1,0 +1,464 @@
+// bazel-bin/tools/compare_norms --config=BASE.textproto --strategies=PRE_NORM,HYBRID_NORM,... [--out=DIR]
+//     [--override='TEXTPROTO']... [--launcher='mpirun -np 2'] [--train_bin=PATH] [--target_loss=X]
+//     [--grad_steps=1,150,300] [--final_window=5] [--report_only]
+// Trains one variant per norm strategy with everything else identical (config, seed, data order, tokens,
+// schedule), one after another, each as a child `train` process into DIR/<STRATEGY>/ (its log in
+// DIR/<STRATEGY>/train.log), then writes DIR/report.md, report.html, summary.csv, curves.csv and
+// grad_norms.csv (tools/compare_report.h). Re-running the same command resumes an interrupted sweep:
+// complete variants (final checkpoint present) and diverged ones (DIR/<STRATEGY>/sweep_status.json) are
+// not rerun, a half-finished variant continues from its newest checkpoint. A diverging variant is reported,
+// never a crash of the sweep. Exit 0 when every variant completed or diverged, 1 otherwise or on bad input.
+// See docs/compare_norms.md.
+#include <dirent.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "core/config.h"
+#include "core/status.h"
+#include "tools/cli.h"
+#include "tools/compare_metrics.h"
+#include "tools/compare_report.h"
+
+namespace hybridmoe {
+namespace {
+
+volatile sig_atomic_t g_child = 0;
+
+void ForwardSignal(int sig) {
+  if (g_child > 0) kill(g_child, SIGTERM);
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+absl::Status WriteFile(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << text;
+    if (!out.good()) return absl::PermissionDeniedError(absl::StrCat("cannot write ", tmp));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) return absl::PermissionDeniedError(absl::StrCat("cannot write ", path));
+  return absl::OkStatus();
+}
+
+absl::Status MakeDirs(const std::string& path) {
+  for (size_t i = 1; i <= path.size(); ++i) {
+    if (i == path.size() || path[i] == '/') {
+      const std::string partial = path.substr(0, i);
+      if (mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST) {
+        return absl::PermissionDeniedError(absl::StrCat("cannot create directory ", partial, ": ", strerror(errno)));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Whether run_dir holds a complete checkpoint (MANIFEST.json written last) of step >= steps.
+bool HasFinalCheckpoint(const std::string& run_dir, int64_t steps) {
+  DIR* d = opendir((run_dir + "/checkpoints").c_str());
+  if (d == nullptr) return false;
+  bool found = false;
+  while (dirent* e = readdir(d)) {
+    const std::string name = e->d_name;
+    int64_t step = 0;
+    if (name.rfind("step_", 0) == 0 && absl::SimpleAtoi(name.substr(5), &step) && step >= steps &&
+        Exists(run_dir + "/checkpoints/" + name + "/MANIFEST.json")) {
+      found = true;
+    }
+  }
+  closedir(d);
+  return found;
+}
+
+// DIR/<STRATEGY>/sweep_status.json: {"status": ..., "wall_s": ..., "message": ...}, written by this tool.
+struct VariantStatus {
+  std::string status;
+  double wall_s = 0;
+  std::string message;
+};
+
+VariantStatus ReadStatus(const std::string& run_dir) {
+  VariantStatus s;
+  auto rec = ParseFlatJsonObject(ReadFile(run_dir + "/sweep_status.json"));
+  if (!rec.ok()) return s;
+  s.status = rec->str.count("status") ? rec->str.at("status") : "";
+  s.message = rec->str.count("message") ? rec->str.at("message") : "";
+  s.wall_s = rec->Get("wall_s");
+  if (!std::isfinite(s.wall_s)) s.wall_s = 0;
+  return s;
+}
+
+absl::Status WriteStatus(const std::string& run_dir, const VariantStatus& s) {
+  std::string msg;
+  for (char c : s.message) {
+    if (c == '"' || c == '\\') msg.push_back('\\');
+    if (static_cast<unsigned char>(c) >= 0x20) msg.push_back(c);
+  }
+  return WriteFile(run_dir + "/sweep_status.json", absl::StrCat("{\"status\": \"", s.status, "\", \"wall_s\": ",
+                                                               absl::StrFormat("%.3f", s.wall_s), ", \"message\": \"",
+                                                               msg, "\"}\n"));
+}
+
+// Runs argv with extra environment, stdout and stderr appended to log_path; returns the exit code
+// (128 + signal when killed). The child dies with this process (PR_SET_PDEATHSIG).
+absl::StatusOr<int> RunChild(const std::vector<std::string>& argv, const std::vector<std::string>& env,
+                             const std::string& log_path) {
+  std::fflush(stdout);
+  std::fflush(stderr);
+  const pid_t pid = fork();
+  if (pid < 0) return absl::InternalError(absl::StrCat("fork failed: ", strerror(errno)));
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    std::FILE* log = std::fopen(log_path.c_str(), "a");
+    if (log == nullptr) _exit(127);
+    dup2(fileno(log), 1);
+    dup2(fileno(log), 2);
+    for (const std::string& kv : env) putenv(const_cast<char*>(kv.c_str()));
+    std::vector<char*> args;
+    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execvp(args[0], args.data());
+    std::fprintf(stderr, "compare_norms: cannot execute %s: %s\n", args[0], strerror(errno));
+    _exit(127);
+  }
+  g_child = pid;
+  int wstatus = 0;
+  while (waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {
+  }
+  g_child = 0;
+  return WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
+}
+
+// The last line of `text` that contains `needle` (or the last non-empty line when needle is empty).
+std::string LastLine(const std::string& text, const std::string& needle) {
+  std::string found;
+  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipWhitespace())) {
+    if (needle.empty() || line.find(needle) != absl::string_view::npos) found = std::string(line);
+  }
+  return found;
+}
+
+std::string SelfDir() {
+  char buf[4096];
+  const ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (n <= 0) return ".";
+  const std::string path(buf, static_cast<size_t>(n));
+  return path.substr(0, path.find_last_of('/'));
+}
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+struct Flags {
+  std::string config, out, train_bin, target_text, grad_steps_text, cmdline;
+  std::vector<std::string> overrides, strategies, launcher, variant_env;
+  int final_window = 5;
+  bool report_only = false;
+};
+
+std::string VariantOverride(const std::string& strategy) {
+  return absl::StrCat("model { norm { strategy: ", strategy,
+                      " } } logging { per_layer_grad_norms: true } checkpoint { save_final: true }");
+}
+
+// Trains every variant that is not complete or diverged yet; returns false if any failed.
+absl::StatusOr<bool> RunSweep(const Flags& f, const std::vector<TrainConfig>& configs) {
+  bool all_ok = true;
+  double seconds_per_step = NAN;
+  const int64_t steps = configs[0].train().steps();
+  const size_t n = f.strategies.size();
+  for (size_t i = 0; i < n; ++i) {
+    const std::string& name = f.strategies[i];
+    const std::string dir = f.out + "/" + name;
+    const std::string tag = absl::StrFormat("[compare_norms] %d/%d %s:", i + 1, n, name);
+    VariantStatus status = ReadStatus(dir);
+    const std::string expected = ConfigToText(configs[i]);
+    if (Exists(dir + "/config.textproto") && ReadFile(dir + "/config.textproto") != expected) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          dir, "/config.textproto differs from this sweep's config for ", name,
+          "; resume with the original --config/--override or choose another --out"));
+    }
+    if (status.status == "diverged") {
+      std::fprintf(stderr, "%s diverged in an earlier run (%s); not rerun\n", tag.c_str(), status.message.c_str());
+      continue;
+    }
+    if (HasFinalCheckpoint(dir, steps) && Exists(dir + "/metrics.jsonl")) {
+      std::fprintf(stderr, "%s already complete; not rerun\n", tag.c_str());
+      continue;
+    }
+    if (f.report_only) continue;
+    RETURN_IF_ERROR(MakeDirs(dir));
+    const bool resume = Exists(dir + "/metrics.jsonl");
+    int64_t start_step = 0;
+    if (resume) {
+      auto m = ReadRunMetrics(dir + "/metrics.jsonl");
+      if (m.ok() && !m->train.empty()) start_step = m->train.back().Step();
+    }
+    std::vector<std::string> argv = f.launcher;
+    argv.push_back(f.train_bin);
+    argv.push_back("--config=" + f.config);
+    for (const std::string& o : f.overrides) argv.push_back("--override=" + o);
+    argv.push_back("--override=" + VariantOverride(name));
+    argv.push_back("--out_dir=" + dir);
+    if (resume) argv.push_back("--resume");
+    std::vector<std::string> env;
+    for (const std::string& e : f.variant_env) {
+      if (e.rfind(name + ":", 0) == 0) env.push_back(e.substr(name.size() + 1));
+    }
+    const size_t remaining = n - i;
+    std::fprintf(stderr, "%s %s -> %s (log: %s/train.log) | sweep ETA %s\n", tag.c_str(),
+                 resume ? absl::StrCat("resuming (last logged step ", start_step, ")").c_str() : "training",
+                 dir.c_str(), dir.c_str(),
+                 std::isnan(seconds_per_step)
+                     ? "after the first variant"
+                     : FormatWall(seconds_per_step * static_cast<double>(remaining * steps - start_step)).c_str());
+    const size_t log_offset = ReadFile(dir + "/train.log").size();
+    const double t0 = Now();
+    ASSIGN_OR_RETURN(const int rc, RunChild(argv, env, dir + "/train.log"));
+    const double wall = Now() - t0;
+    const std::string log = ReadFile(dir + "/train.log").substr(log_offset);
+    status.wall_s += wall;
+    auto m = ReadRunMetrics(dir + "/metrics.jsonl");
+    const int64_t end_step = m.ok() && !m->train.empty() ? m->train.back().Step() : 0;
+    if (end_step > start_step) seconds_per_step = wall / static_cast<double>(end_step - start_step);
+    if (rc == 0) {
+      status.status = "complete";
+      status.message.clear();
+    } else if (!LastLine(log, "training diverged").empty()) {
+      status.status = "diverged";
+      status.message = LastLine(log, "training diverged");
+    } else {
+      status.status = "failed";
+      status.message = absl::StrCat("exit code ", rc, ": ", LastLine(log, ""));
+      all_ok = false;
+    }
+    RETURN_IF_ERROR(WriteStatus(dir, status));
+    std::string loss = "-";
+    if (m.ok()) loss = absl::StrFormat("%.4f", Summarize(*m, SummaryOptions()).final_train_loss);
+    std::fprintf(stderr, "%s %s in %s (step %lld, final train loss %s)%s%s | sweep ETA %s\n", tag.c_str(),
+                 status.status.c_str(), FormatWall(wall).c_str(), static_cast<long long>(end_step), loss.c_str(),
+                 status.message.empty() ? "" : ": ", status.message.c_str(),
+                 FormatWall(seconds_per_step * static_cast<double>((remaining - 1) * steps)).c_str());
+  }
+  return all_ok;
+}
+
+// The default gradient-profile steps: first, middle and last step logged with per-layer gradient norms.
+std::vector<int64_t> DefaultGradSteps(const std::vector<const RunMetrics*>& runs) {
+  const std::vector<int64_t> logged = StepsWithKey(runs, "grad_norm/block0/ffn");
+  if (logged.empty()) return {};
+  std::vector<int64_t> out = {logged.front()};
+  const int64_t mid = logged[(logged.size() - 1) / 2];
+  if (mid != out.back()) out.push_back(mid);
+  if (logged.back() != out.back()) out.push_back(logged.back());
+  return out;
+}
+
+absl::Status WriteReport(const Flags& f, const std::vector<TrainConfig>& configs) {
+  SweepReport report;
+  const TrainConfig& c = configs[0];
+  report.title = absl::StrCat("Norm strategy comparison: ", f.config);
+  report.summary_options.final_window = f.final_window;
+  report.num_experts = c.model().moe().num_experts();
+  const auto& m = c.model();
+  const auto& d = c.data();
+  report.setup = {
+      {"command", f.cmdline},
+      {"base config", f.config},
+      {"overrides (all variants)", f.overrides.empty() ? "none" : absl::StrJoin(f.overrides, " ; ")},
+      {"launcher", f.launcher.empty() ? "none (one process per variant)" : absl::StrJoin(f.launcher, " ")},
+      {"model", absl::StrFormat("d_model %d, %d layers, %d heads, %d experts top-%d, expert hidden %d, vocab %d",
+                                m.d_model(), m.n_layers(), m.n_heads(), m.moe().num_experts(), m.moe().top_k(),
+                                m.moe().expert_hidden(), m.vocab_size())},
+      {"schedule", absl::StrFormat("%d steps, lr %g, warmup %d, cosine to %g x lr, grad clip %g, seed %d",
+                                   c.train().steps(), c.optim().lr(), c.optim().warmup_steps(),
+                                   c.optim().min_lr_ratio(), c.optim().grad_clip(), c.train().seed())},
+      {"batch", absl::StrFormat("seq_len %d x micro_batch %d x grad_accum %d per rank", d.seq_len(),
+                                d.micro_batch_size(), d.grad_accum_steps())},
+      {"data", absl::StrCat(d.train_size() > 0 ? d.train(0).path() : "?", " (validation ", d.validation(), ")")},
+  };
+  std::vector<const RunMetrics*> runs;
+  std::vector<std::string> names;
+  report.variants.resize(f.strategies.size());
+  for (size_t i = 0; i < f.strategies.size(); ++i) {
+    VariantResult& v = report.variants[i];
+    v.strategy = f.strategies[i];
+    const std::string dir = f.out + "/" + v.strategy;
+    const VariantStatus st = ReadStatus(dir);
+    v.wall_s = st.status.empty() ? NAN : st.wall_s;
+    v.message = st.message;
+    auto metrics = ReadRunMetrics(dir + "/metrics.jsonl");
+    if (metrics.ok()) v.metrics = std::move(*metrics);
+    if (st.status == "diverged" || st.status == "failed") v.status = st.status;
+    else if (HasFinalCheckpoint(dir, c.train().steps()) && metrics.ok()) v.status = "complete";
+    else v.status = metrics.ok() ? "incomplete" : "not run";
+    runs.push_back(&v.metrics);
+    names.push_back(v.strategy);
+  }
+  std::vector<VariantSummary> first;
+  for (const VariantResult& v : report.variants) first.push_back(Summarize(v.metrics, report.summary_options));
+  if (!f.target_text.empty()) {
+    if (!absl::SimpleAtod(f.target_text, &report.summary_options.target_loss)) {
+      return absl::InvalidArgumentError(absl::StrCat("--target_loss (", f.target_text, ") must be a number"));
+    }
+    report.target_rule = "--target_loss";
+  } else {
+    report.summary_options.target_loss = DefaultTargetLoss(first);
+    report.target_rule = "median final train loss of the variants that did not diverge";
+  }
+  for (VariantResult& v : report.variants) {
+    v.summary = Summarize(v.metrics, report.summary_options);
+    if (v.status == "diverged" && !v.summary.diverged) {
+      v.summary.diverged = true;
+      v.summary.diverged_reason = v.message;
+    }
+  }
+  if (f.grad_steps_text.empty()) {
+    report.grad_steps = DefaultGradSteps(runs);
+  } else {
+    for (absl::string_view s : absl::StrSplit(f.grad_steps_text, ',', absl::SkipEmpty())) {
+      int64_t step = 0;
+      if (!absl::SimpleAtoi(s, &step) || step < 1) {
+        return absl::InvalidArgumentError(absl::StrCat("--grad_steps (", f.grad_steps_text,
+                                                       ") must be comma-separated positive step numbers"));
+      }
+      report.grad_steps.push_back(step);
+    }
+  }
+  report.data_order = CompareDataOrder(names, runs);
+  RETURN_IF_ERROR(WriteFile(f.out + "/report.md", ReportMarkdown(report)));
+  RETURN_IF_ERROR(WriteFile(f.out + "/report.html", ReportHtml(report)));
+  RETURN_IF_ERROR(WriteFile(f.out + "/summary.csv", SummaryCsv(report)));
+  RETURN_IF_ERROR(WriteFile(f.out + "/curves.csv", CurvesCsv(report)));
+  RETURN_IF_ERROR(WriteFile(f.out + "/grad_norms.csv", GradNormsCsv(report)));
+  std::fprintf(stderr, "[compare_norms] report: %s/report.md, report.html, summary.csv, curves.csv, grad_norms.csv\n",
+               f.out.c_str());
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace hybridmoe
+
+int main(int argc, char** argv) {
+  using namespace hybridmoe;
+  const std::vector<FlagSpec> specs = {
+      {"config", "base text-format TrainConfig (required)"},
+      {"strategies", "comma-separated norm strategies (default PRE_NORM,POST_NORM,HYBRID_NORM,HYBRID_NORM_STAR,MIX_LN)"},
+      {"out", "sweep directory (default runs/compare_<config name>)"},
+      {"override", "text-format TrainConfig merged into every variant (repeatable)", false, true},
+      {"launcher", "command prefix for each variant, e.g. 'mpirun -np 2' (split on spaces)"},
+      {"train_bin", "the train binary (default: next to this binary)"},
+      {"target_loss", "loss for the tokens-to-target column (default: median final train loss)"},
+      {"grad_steps", "steps of the per-block gradient-norm profile, e.g. 1,150,300 (default first,middle,last)"},
+      {"final_window", "final train loss = mean of this many last logged losses (default 5)"},
+      {"variant_env", "STRATEGY:NAME=VALUE environment for one variant's train (repeatable; fault injection)", false,
+       true},
+      {"report_only", "train nothing; rebuild the report from DIR", true},
+      {"help", "show this help", true},
+  };
+  auto cl = CommandLine::Parse(argc, argv, specs);
+  if (!cl.ok()) {
+    std::fprintf(stderr, "compare_norms: %s\n", std::string(cl.status().message()).c_str());
+    return 2;
+  }
+  if (cl->GetBool("help")) {
+    std::fputs(CommandLine::Usage("compare_norms", "Trains one variant per norm strategy and compares them.", specs)
+                   .c_str(), stdout);
+    return 0;
+  }
+  auto fail = [](const std::string& msg, int code) {
+    std::fprintf(stderr, "compare_norms: %s\n", msg.c_str());
+    return code;
+  };
+  if (const char* size = std::getenv("OMPI_COMM_WORLD_SIZE"); size != nullptr && std::string(size) != "1") {
+    return fail("run compare_norms as one process and distribute each variant with --launcher='mpirun -np N'", 2);
+  }
+  Flags f;
+  f.config = cl->Get("config");
+  if (f.config.empty()) return fail("--config=FILE.textproto is required (see configs/sweeps/)", 2);
+  std::string stem = f.config.substr(f.config.find_last_of('/') + 1);
+  stem = stem.substr(0, stem.find('.'));
+  f.out = cl->Get("out", "runs/compare_" + stem);
+  while (f.out.size() > 1 && f.out.back() == '/') f.out.pop_back();
+  f.overrides = cl->GetAll("override");
+  f.variant_env = cl->GetAll("variant_env");
+  f.train_bin = cl->Get("train_bin", SelfDir() + "/train");
+  f.target_text = cl->Get("target_loss");
+  f.grad_steps_text = cl->Get("grad_steps");
+  f.report_only = cl->GetBool("report_only");
+  for (int i = 0; i < argc; ++i) f.cmdline += (i ? " " : "") + std::string(argv[i]);
+  for (absl::string_view w : absl::StrSplit(cl->Get("launcher"), ' ', absl::SkipEmpty())) f.launcher.emplace_back(w);
+  auto window = cl->GetInt("final_window", 5);
+  if (!window.ok() || *window < 1) return fail("--final_window must be a positive integer", 2);
+  f.final_window = static_cast<int>(*window);
+  for (absl::string_view s : absl::StrSplit(cl->Get("strategies", "PRE_NORM,POST_NORM,HYBRID_NORM,HYBRID_NORM_STAR,MIX_LN"),
+                                            ',', absl::SkipEmpty())) {
+    NormConfig::Strategy parsed;
+    if (!NormConfig::Strategy_Parse(std::string(s), &parsed)) {
+      std::vector<std::string> valid;
+      for (int v = NormConfig::Strategy_MIN; v <= NormConfig::Strategy_MAX; ++v) {
+        if (NormConfig::Strategy_IsValid(v)) valid.push_back(NormConfig::Strategy_Name(static_cast<NormConfig::Strategy>(v)));
+      }
+      return fail(absl::StrCat("--strategies: unknown strategy '", s, "'; valid: ", absl::StrJoin(valid, ",")), 2);
+    }
+    for (const std::string& seen : f.strategies) {
+      if (seen == s) return fail(absl::StrCat("--strategies: '", s, "' is listed twice"), 2);
+    }
+    f.strategies.emplace_back(s);
+  }
+  if (f.strategies.empty()) return fail("--strategies is empty", 2);
+  for (const std::string& e : f.variant_env) {
+    const size_t colon = e.find(':');
+    if (colon == std::string::npos || e.find('=', colon) == std::string::npos) {
+      return fail(absl::StrCat("--variant_env (", e, ") must be STRATEGY:NAME=VALUE"), 2);
+    }
+  }
+  std::vector<TrainConfig> configs;
+  for (const std::string& s : f.strategies) {
+    std::vector<std::string> overrides = f.overrides;
+    overrides.push_back(VariantOverride(s));
+    auto config = LoadConfig(f.config, overrides);
+    if (config.ok()) {
+      if (absl::Status st = ValidateConfig(*config, 0); !st.ok()) config = st;
+    }
+    if (!config.ok()) return fail(absl::StrCat(f.config, " (", s, "): ", config.status().message()), 1);
+    configs.push_back(*config);
+  }
+  if (!f.report_only && !Exists(f.train_bin)) {
+    return fail(absl::StrCat("--train_bin (", f.train_bin, ") does not exist; build //tools:train or pass --train_bin"), 1);
+  }
+  if (absl::Status s = MakeDirs(f.out); !s.ok()) return fail(std::string(s.message()), 1);
+  signal(SIGINT, ForwardSignal);
+  signal(SIGTERM, ForwardSignal);
+  auto ok = RunSweep(f, configs);
+  if (!ok.ok()) return fail(std::string(ok.status().message()), 1);
+  if (absl::Status s = WriteReport(f, configs); !s.ok()) return fail(std::string(s.message()), 1);
+  std::fputs(ReadFile(f.out + "/summary.csv").c_str(), stdout);
+  return *ok ? 0 : 1;
+}
