@@ -11,6 +11,7 @@
 #include <sstream>
 #include <thread>
 
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 
 #include "absl/strings/str_cat.h"
@@ -116,7 +117,8 @@ absl::StatusOr<double> Evaluate(Transformer& model, const DataLoader& data, cons
   for (int64_t r = 0; r < rounds; ++r) {
     const int64_t i = r * world + ctx.rank();
     ASSIGN_OR_RETURN(Batch batch, data.ValidationBatch(i < num_batches ? i : 0, config.micro_batch_size(), num_batches));
-    const double loss = model(batch.inputs, batch.targets).lm_loss.item<double>();
+    const at::Device device = model->embed.device();
+    const double loss = model(batch.inputs.to(device), batch.targets.to(device)).lm_loss.item<double>();
     if (i < num_batches) {
       sum[0] += loss;
       sum[1] += 1;
@@ -151,9 +153,20 @@ absl::Status Train(const TrainConfig& config, const TrainOptions& options, Paral
   const int threads = DefaultThreads(config, ctx.local_size());
   at::set_num_threads(threads);
 
+  at::Device device(at::kCPU);
+  if (config.parallel().device() == ParallelConfig::CUDA) {
+    if (!at::hasCUDA() || at::getNumGPUs() == 0) {
+      return absl::FailedPreconditionError(
+          "parallel.device (CUDA): no usable GPU in this process (a CPU-only LibTorch, a build without "
+          "--config=cuda, or no device visible); valid here: CPU");
+    }
+    device = at::Device(at::kCUDA, static_cast<at::DeviceIndex>(ctx.local_rank() % at::getNumGPUs()));
+  }
+
   Transformer model(TransformerOptionsFromConfig(config.model()));
   ctx.ShardExperts(model);
-  model->reset_parameters(config.train().seed());
+  model->reset_parameters(config.train().seed());  // on the CPU: the same initial weights on every device
+  model->to(device);
   std::vector<std::pair<std::string, at::Tensor>> named;
   std::vector<at::Tensor> params;
   for (const auto& item : model->named_parameters()) {
@@ -260,7 +273,7 @@ absl::Status Train(const TrainConfig& config, const TrainOptions& options, Paral
       ASSIGN_OR_RETURN(Batch batch, data->TrainBatch(step, global_batch, (ctx.rank() * accum + m) * micro, micro));
       const int64_t* ids = batch.inputs.data_ptr<int64_t>();
       for (int64_t i = 0; i < batch.inputs.numel(); ++i) data_hash = Mix64(data_hash ^ static_cast<uint64_t>(ids[i]));
-      ModelOutput out = model(batch.inputs, batch.targets);
+      ModelOutput out = model(batch.inputs.to(device), batch.targets.to(device));
       if (nan_steps.count(step + 1)) out.loss = out.loss * std::nan("");
       (out.loss / static_cast<double>(accum)).backward();
       const double values[4] = {out.loss.item<double>(), out.lm_loss.item<double>(), out.lb_loss.item<double>(),

@@ -1,0 +1,50 @@
+#!/bin/bash
+# eval on a checkpoint written by train: its loss on the training data agrees with the trainer's own
+# validation loss on the same file, and bad checkpoints end with one line naming the file or tensor:
+# a truncated model.safetensors, a tensor of the wrong shape (config says another width), a missing tensor.
+set -uo pipefail
+TRAIN="$1"
+EVAL="$2"
+CONFIG="$3"
+PY="${HYBRIDMOE_VENV:-/root/.cache/hybridmoe/venv}/bin/python"
+T="${TEST_TMPDIR:-$(mktemp -d)}"
+fail() { echo "FAIL: $*" >&2; exit 1; }
+python3 - "$T" <<'PY'
+import struct, sys
+text = open("/usr/share/common-licenses/GPL-3", "rb").read()
+open(sys.argv[1] + "/train.bin", "wb").write(struct.pack("<%dH" % len(text), *text))
+open(sys.argv[1] + "/val.bin", "wb").write(struct.pack("<%dH" % 4097, *text[:4097]))
+PY
+"$TRAIN" --config="$CONFIG" --out_dir="$T/run" --quiet --override="
+  data { train { path: \"$T/train.bin\" } validation: \"$T/val.bin\" seq_len: 32 micro_batch_size: 8 }
+  model { d_model: 32 n_layers: 2 n_heads: 2 moe { num_experts: 4 top_k: 2 expert_hidden: 32 } }
+  train { steps: 15 eval_interval: 0 eval_batches: 16 } parallel { num_threads: 2 }" || fail "train"
+CK="$T/run/checkpoints/step_00000015"
+"$EVAL" --checkpoint="$CK" --data="$T/val.bin" --batch_size=8 >"$T/eval.out" 2>"$T/eval.err" || { cat "$T/eval.err"; fail "eval"; }
+python3 - "$T/eval.out" "$T/run/metrics.jsonl" <<'PY' || fail "eval loss vs trainer"
+import json, sys
+ours = json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])
+val = [r for r in map(json.loads, open(sys.argv[2])) if r["kind"] == "eval"][-1]["val_loss"]
+# The trainer scores 16 evenly spaced windows, eval every contiguous window: close, not equal.
+assert abs(ours["loss"] - val) < 0.15, (ours["loss"], val)
+assert abs(ours["perplexity"] - 2.718281828 ** ours["loss"]) < 1e-3 * ours["perplexity"]
+print("ok: eval loss %.4f (ppl %.2f) vs trainer val loss %.4f" % (ours["loss"], ours["perplexity"], val))
+PY
+expect_error() {  # NAME PATTERN CHECKPOINT_DIR
+  "$EVAL" --checkpoint="$3" --data="$T/val.bin" >/dev/null 2>"$T/err"
+  [[ $? != 0 ]] || fail "$1: accepted"
+  [[ $(wc -l <"$T/err") == 1 ]] && grep -qF -- "$2" "$T/err" || { cat "$T/err"; fail "$1: message"; }
+  echo "ok: $1 -> $(sed "s|$T/||g" "$T/err")"
+}
+cp -r "$CK" "$T/cut" && truncate -s -100 "$T/cut/model.safetensors"
+expect_error "truncated file" "cut/model.safetensors" "$T/cut"
+cp -r "$CK" "$T/shape" && sed -i 's/expert_hidden: 32/expert_hidden: 48/' "$T/shape/config.textproto"
+expect_error "wrong shape" "tensor blocks.0.moe.experts.0.w_gate has shape [32,32], the model expects [48,32]" "$T/shape"
+cp -r "$CK" "$T/missing"
+"$PY" - "$T/missing/model.safetensors" <<'PY'
+import sys
+from safetensors.numpy import load_file, save_file
+t = load_file(sys.argv[1]); del t["blocks.1.attn.wq"]; save_file(t, sys.argv[1], metadata={"format": "pt"})
+PY
+expect_error "missing tensor" "missing tensor blocks.1.attn.wq" "$T/missing"
+echo PASS
