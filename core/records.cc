@@ -90,7 +90,9 @@ RecordFile SplitDelimited(std::string_view bytes, std::string_view source) {
 
 absl::StatusOr<RecordFile> ReadRecordFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrFormat("record file %s cannot be opened: %s", path, std::strerror(errno)));
+  if (!in) {
+    return absl::NotFoundError(absl::StrFormat("record file %s cannot be opened: %s", path, std::strerror(errno)));
+  }
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   return SplitDelimited(bytes, path);
 }

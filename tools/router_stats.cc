@@ -35,7 +35,9 @@ double EntropyRatio(const RouterStepRecord& r) {
   return r.num_experts() > 1 ? r.entropy_mean() / std::log(static_cast<double>(r.num_experts())) : 1.0;
 }
 
-LoadStats Load(const RouterStepRecord& r) { return ComputeLoadStats({r.counts().begin(), r.counts().end()}, r.tokens()); }
+LoadStats Load(const RouterStepRecord& r) {
+  return ComputeLoadStats({r.counts().begin(), r.counts().end()}, r.tokens());
+}
 
 std::string Num(double v) { return std::isfinite(v) ? absl::StrFormat("%.9g", v) : "null"; }
 
@@ -211,7 +213,9 @@ int main(int argc, char** argv) {
                                   specs).c_str(), stdout);
     return 0;
   }
-  if (cl->positional().size() != 1) return fail("expected exactly one RUN_DIR (or router_stats.pb file); see --help", 2);
+  if (cl->positional().size() != 1) {
+    return fail("expected exactly one RUN_DIR (or router_stats.pb file); see --help", 2);
+  }
   const std::string format = cl->Get("format", "table");
   if (format != "table" && format != "csv" && format != "json" && format != "html") {
     return fail("--format (" + format + ") must be table, csv, json or html", 2);
