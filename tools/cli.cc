@@ -1,5 +1,7 @@
 #include "tools/cli.h"
 
+#include <cstdio>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -77,6 +79,26 @@ std::string CommandLine::Usage(const std::string& program, const std::string& su
   std::string out = absl::StrCat("usage: ", program, " [flags]\n", summary, "\n");
   for (const FlagSpec& s : specs) absl::StrAppend(&out, "  --", s.name, s.is_bool ? "" : "=...", "  ", s.help, "\n");
   return out;
+}
+
+std::optional<CommandLine> CommandLine::ParseOrExit(int argc, char** argv, const std::string& program,
+                                                    const std::string& summary, std::vector<FlagSpec> specs,
+                                                    int* exit_code) {
+  bool has_help = false;
+  for (const FlagSpec& s : specs) has_help |= s.name == "help";
+  if (!has_help) specs.push_back({"help", "show this help", true});
+  auto cl = Parse(argc, argv, specs);
+  if (!cl.ok()) {
+    std::fprintf(stderr, "%s: %s\n", program.c_str(), std::string(cl.status().message()).c_str());
+    *exit_code = 2;
+    return std::nullopt;
+  }
+  if (cl->GetBool("help")) {
+    std::fputs(Usage(program, summary, specs).c_str(), stdout);
+    *exit_code = 0;
+    return std::nullopt;
+  }
+  return *std::move(cl);
 }
 
 }  // namespace hybridmoe

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,12 @@ class CommandLine {
   absl::StatusOr<int64_t> GetInt(const std::string& name, int64_t fallback) const;
   const std::vector<std::string>& positional() const { return positional_; }
   static std::string Usage(const std::string& program, const std::string& summary, const std::vector<FlagSpec>& specs);
+  // The common front of every tool's main(): parses, answers --help (usage on stdout, *exit_code 0) and bad
+  // flags ("PROGRAM: message" on stderr, *exit_code 2). Returns nullopt when main() should return *exit_code.
+  // `specs` gets a --help flag appended.
+  static std::optional<CommandLine> ParseOrExit(int argc, char** argv, const std::string& program,
+                                                const std::string& summary, std::vector<FlagSpec> specs,
+                                                int* exit_code);
 
  private:
   std::map<std::string, std::vector<std::string>> values_;

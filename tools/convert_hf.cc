@@ -319,15 +319,9 @@ int main(int argc, char** argv) {
       {"help", "show this help", true},
   };
   const std::string summary = "Converts between Hugging Face OLMoE checkpoints and HybridMoE model directories.";
-  auto cl = CommandLine::Parse(argc, argv, specs);
-  if (!cl.ok()) {
-    std::fprintf(stderr, "convert_hf: %s\n", std::string(cl.status().message()).c_str());
-    return 2;
-  }
-  if (cl->GetBool("help")) {
-    std::fputs(CommandLine::Usage("convert_hf", summary, specs).c_str(), stdout);
-    return 0;
-  }
+  int exit_code = 0;
+  auto cl = CommandLine::ParseOrExit(argc, argv, "convert_hf", summary, specs, &exit_code);
+  if (!cl) return exit_code;
   absl::Status status;
   if (cl->Has("from_hf") && cl->Has("out") && !cl->Has("to_hf") && !cl->Has("from")) {
     status = Import(cl->Get("from_hf"), cl->Get("out"), cl->GetBool("overwrite"));

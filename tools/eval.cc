@@ -117,15 +117,10 @@ int main(int argc, char** argv) {
       {"threads", "intra-op threads (default: all cores)"},
       {"help", "show this help", true},
   };
-  auto cl = CommandLine::Parse(argc, argv, specs);
-  if (!cl.ok()) {
-    std::fprintf(stderr, "eval: %s\n", std::string(cl.status().message()).c_str());
-    return 2;
-  }
-  if (cl->GetBool("help")) {
-    std::fputs(CommandLine::Usage("eval", "Evaluates a model directory on a token file.", specs).c_str(), stdout);
-    return 0;
-  }
+  int exit_code = 0;
+  auto cl = CommandLine::ParseOrExit(argc, argv, "eval", "Evaluates a model directory on a token file.", specs,
+                                     &exit_code);
+  if (!cl) return exit_code;
   if (!cl->Has("checkpoint") || !cl->Has("data")) {
     std::fprintf(stderr, "eval: --checkpoint=DIR and --data=TOKENS are required\n");
     return 2;

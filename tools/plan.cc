@@ -156,13 +156,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "plan: %s\n", message.c_str());
     return 1;
   };
-  auto cl = CommandLine::Parse(argc, argv, specs);
-  if (!cl.ok()) return fail(std::string(cl.status().message()));
-  if (cl->GetBool("help")) {
-    std::fputs(CommandLine::Usage("plan", "Counts parameters, FLOPs and memory per rank of a config.", specs).c_str(),
-               stdout);
-    return 0;
-  }
+  int exit_code = 0;
+  auto cl = CommandLine::ParseOrExit(argc, argv, "plan", "Counts parameters, FLOPs and memory per rank of a config.",
+                                     specs, &exit_code);
+  if (!cl) return exit_code;
   if (!cl->Has("config")) return fail("--config=FILE.textproto is required (see configs/)");
   const std::string format = cl->Get("format", "text");
   if (format != "text" && format != "json") return fail("--format (" + format + ") must be text or json");

@@ -206,13 +206,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "router_stats: %s\n", message.c_str());
     return code;
   };
-  auto cl = CommandLine::Parse(argc, argv, specs);
-  if (!cl.ok()) return fail(std::string(cl.status().message()), 2);
-  if (cl->GetBool("help")) {
-    std::fputs(CommandLine::Usage("router_stats RUN_DIR", "Summarises a run's router load-balance statistics.",
-                                  specs).c_str(), stdout);
-    return 0;
-  }
+  int exit_code = 0;
+  auto cl = CommandLine::ParseOrExit(argc, argv, "router_stats",
+                                     "router_stats RUN_DIR: summarises a run's router load-balance statistics.", specs, &exit_code);
+  if (!cl) return exit_code;
   if (cl->positional().size() != 1) {
     return fail("expected exactly one RUN_DIR (or router_stats.pb file); see --help", 2);
   }

@@ -32,15 +32,9 @@ int main(int argc, char** argv) {
       {"quiet", "no progress lines", true},
       {"help", "show this help", true},
   };
-  auto cl = CommandLine::Parse(argc, argv, specs);
-  if (!cl.ok()) {
-    std::fprintf(stderr, "train: %s\n", std::string(cl.status().message()).c_str());
-    return 2;
-  }
-  if (cl->GetBool("help")) {
-    std::fputs(CommandLine::Usage("train", "Trains an MoE transformer.", specs).c_str(), stdout);
-    return 0;
-  }
+  int exit_code = 0;
+  auto cl = CommandLine::ParseOrExit(argc, argv, "train", "Trains an MoE transformer.", specs, &exit_code);
+  if (!cl) return exit_code;
   const bool resume = cl->GetBool("resume");
   std::string config_path = cl->Get("config");
   if (config_path.empty() && resume && cl->Has("out_dir") && IsFile(cl->Get("out_dir") + "/config.textproto")) {

@@ -1,5 +1,6 @@
 #include "tools/trainer.h"
 
+#include <sched.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -133,7 +134,12 @@ absl::StatusOr<double> Evaluate(Transformer& model, const DataLoader& data, cons
 
 int DefaultThreads(const TrainConfig& config, int local_ranks) {
   if (config.parallel().num_threads() > 0) return config.parallel().num_threads();
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  // The CPUs this process may run on (a Slurm/cgroup allocation), not every CPU of the machine.
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  const int cores = sched_getaffinity(0, sizeof(set), &set) == 0
+                        ? std::max(1, CPU_COUNT(&set))
+                        : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   return std::max(1, cores / std::max(1, local_ranks));
 }
 
