@@ -169,17 +169,26 @@ VariantSummary Summarize(const RunMetrics& m, const SummaryOptions& options) {
     s.final_val_loss = v;
   }
 
-  double lowest = kNaN, mom_sum = 0;
+  // Trailing means over the last `final_window` finite losses: tokens_to_target uses the mean up to and
+  // including a record, spikes compare a record with the mean of the ones before it.
+  std::vector<double> recent;
+  double mom_sum = 0;
   int64_t mom_n = 0;
   s.max_grad_norm = kNaN;
+  const auto mean = [](const std::vector<double>& v) {
+    double t = 0;
+    for (double x : v) t += x;
+    return t / static_cast<double>(v.size());
+  };
   for (const MetricsRecord& r : m.train) {
     const double loss = r.Get("loss");
-    if (options.target_loss > 0 && !Finite(s.tokens_to_target) && Finite(loss) && loss <= options.target_loss) {
-      s.tokens_to_target = r.Get("tokens");
-    }
     if (Finite(loss)) {
-      if (Finite(lowest) && loss > options.spike_ratio * lowest) ++s.loss_spikes;
-      if (!Finite(lowest) || loss < lowest) lowest = loss;
+      if (!recent.empty() && loss > options.spike_ratio * mean(recent)) ++s.loss_spikes;
+      recent.push_back(loss);
+      if (static_cast<int>(recent.size()) > options.final_window) recent.erase(recent.begin());
+      if (options.target_loss > 0 && !Finite(s.tokens_to_target) && mean(recent) <= options.target_loss) {
+        s.tokens_to_target = r.Get("tokens");
+      }
     }
     const double g = r.Get("grad_norm");
     if (Finite(g) && (!Finite(s.max_grad_norm) || g > s.max_grad_norm)) s.max_grad_norm = g;

@@ -9,21 +9,16 @@
 // not rerun, a half-finished variant continues from its newest checkpoint. A diverging variant is reported,
 // never a crash of the sweep. Exit 0 when every variant completed or diverged, 1 otherwise or on bad input.
 // See docs/compare_norms.md.
-#include <dirent.h>
-#include <signal.h>
-#include <sys/prctl.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
-#include <sstream>
+#include <cstdlib>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "core/config.h"
@@ -31,69 +26,10 @@
 #include "tools/cli.h"
 #include "tools/compare_metrics.h"
 #include "tools/compare_report.h"
+#include "tools/sweep_io.h"
 
 namespace hybridmoe {
 namespace {
-
-volatile sig_atomic_t g_child = 0;
-
-void ForwardSignal(int sig) {
-  if (g_child > 0) kill(g_child, SIGTERM);
-  signal(sig, SIG_DFL);
-  raise(sig);
-}
-
-bool Exists(const std::string& path) {
-  struct stat st;
-  return stat(path.c_str(), &st) == 0;
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-absl::Status WriteFile(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out << text;
-    if (!out.good()) return absl::PermissionDeniedError(absl::StrCat("cannot write ", tmp));
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) return absl::PermissionDeniedError(absl::StrCat("cannot write ", path));
-  return absl::OkStatus();
-}
-
-absl::Status MakeDirs(const std::string& path) {
-  for (size_t i = 1; i <= path.size(); ++i) {
-    if (i == path.size() || path[i] == '/') {
-      const std::string partial = path.substr(0, i);
-      if (mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST) {
-        return absl::PermissionDeniedError(absl::StrCat("cannot create directory ", partial, ": ", strerror(errno)));
-      }
-    }
-  }
-  return absl::OkStatus();
-}
-
-// Whether run_dir holds a complete checkpoint (MANIFEST.json written last) of step >= steps.
-bool HasFinalCheckpoint(const std::string& run_dir, int64_t steps) {
-  DIR* d = opendir((run_dir + "/checkpoints").c_str());
-  if (d == nullptr) return false;
-  bool found = false;
-  while (dirent* e = readdir(d)) {
-    const std::string name = e->d_name;
-    int64_t step = 0;
-    if (name.rfind("step_", 0) == 0 && absl::SimpleAtoi(name.substr(5), &step) && step >= steps &&
-        Exists(run_dir + "/checkpoints/" + name + "/MANIFEST.json")) {
-      found = true;
-    }
-  }
-  closedir(d);
-  return found;
-}
 
 // DIR/<STRATEGY>/sweep_status.json: {"status": ..., "wall_s": ..., "message": ...}, written by this tool.
 struct VariantStatus {
@@ -124,55 +60,27 @@ absl::Status WriteStatus(const std::string& run_dir, const VariantStatus& s) {
                                                                msg, "\"}\n"));
 }
 
-// Runs argv with extra environment, stdout and stderr appended to log_path; returns the exit code
-// (128 + signal when killed). The child dies with this process (PR_SET_PDEATHSIG).
-absl::StatusOr<int> RunChild(const std::vector<std::string>& argv, const std::vector<std::string>& env,
-                             const std::string& log_path) {
-  std::fflush(stdout);
-  std::fflush(stderr);
-  const pid_t pid = fork();
-  if (pid < 0) return absl::InternalError(absl::StrCat("fork failed: ", strerror(errno)));
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    std::FILE* log = std::fopen(log_path.c_str(), "a");
-    if (log == nullptr) _exit(127);
-    dup2(fileno(log), 1);
-    dup2(fileno(log), 2);
-    for (const std::string& kv : env) putenv(const_cast<char*>(kv.c_str()));
-    std::vector<char*> args;
-    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    execvp(args[0], args.data());
-    std::fprintf(stderr, "compare_norms: cannot execute %s: %s\n", args[0], strerror(errno));
-    _exit(127);
+// A variant directory from an earlier run must hold the config this sweep would give it: parsed and
+// resolved again (so that a field added to the schema since, with its default, is no difference).
+absl::Status CheckSameConfig(const std::string& path, const TrainConfig& expected, const std::string& name) {
+  if (!Exists(path)) return absl::OkStatus();
+  auto stored = ParseConfigText(ReadFile(path), path);
+  std::string ours = ConfigToText(expected), theirs;
+  if (stored.ok()) {
+    ResolveDefaults(*stored);
+    theirs = ConfigToText(*stored);
+    if (theirs == ours) return absl::OkStatus();
   }
-  g_child = pid;
-  int wstatus = 0;
-  while (waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {
-  }
-  g_child = 0;
-  return WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
-}
-
-// The last line of `text` that contains `needle` (or the last non-empty line when needle is empty).
-std::string LastLine(const std::string& text, const std::string& needle) {
-  std::string found;
-  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipWhitespace())) {
-    if (needle.empty() || line.find(needle) != absl::string_view::npos) found = std::string(line);
-  }
-  return found;
-}
-
-std::string SelfDir() {
-  char buf[4096];
-  const ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
-  if (n <= 0) return ".";
-  const std::string path(buf, static_cast<size_t>(n));
-  return path.substr(0, path.find_last_of('/'));
-}
-
-double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  std::vector<std::string> a = absl::StrSplit(theirs, '\n'), b = absl::StrSplit(ours, '\n');
+  size_t i = 0;
+  while (i < a.size() && i < b.size() && a[i] == b[i]) ++i;
+  const std::string detail =
+      !stored.ok() ? std::string(stored.status().message())
+                   : absl::StrCat("line ", i + 1, ": run has '", i < a.size() ? absl::StripAsciiWhitespace(a[i]) : "",
+                                  "', sweep has '", i < b.size() ? absl::StripAsciiWhitespace(b[i]) : "", "'");
+  return absl::FailedPreconditionError(absl::StrCat(path, " differs from this sweep's config for ", name, " (",
+                                                    detail, "); resume with the original --config/--override or "
+                                                    "choose another --out"));
 }
 
 struct Flags {
@@ -189,7 +97,7 @@ std::string VariantOverride(const std::string& strategy) {
 
 // Trains every variant that is not complete or diverged yet; returns false if any failed.
 absl::StatusOr<bool> RunSweep(const Flags& f, const std::vector<TrainConfig>& configs) {
-  bool all_ok = true;
+  bool all_ok = true, logged_command = false;
   double seconds_per_step = NAN;
   const int64_t steps = configs[0].train().steps();
   const size_t n = f.strategies.size();
@@ -198,12 +106,7 @@ absl::StatusOr<bool> RunSweep(const Flags& f, const std::vector<TrainConfig>& co
     const std::string dir = f.out + "/" + name;
     const std::string tag = absl::StrFormat("[compare_norms] %d/%d %s:", i + 1, n, name);
     VariantStatus status = ReadStatus(dir);
-    const std::string expected = ConfigToText(configs[i]);
-    if (Exists(dir + "/config.textproto") && ReadFile(dir + "/config.textproto") != expected) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          dir, "/config.textproto differs from this sweep's config for ", name,
-          "; resume with the original --config/--override or choose another --out"));
-    }
+    RETURN_IF_ERROR(CheckSameConfig(dir + "/config.textproto", configs[i], name));
     if (status.status == "diverged") {
       std::fprintf(stderr, "%s diverged in an earlier run (%s); not rerun\n", tag.c_str(), status.message.c_str());
       continue;
@@ -213,6 +116,10 @@ absl::StatusOr<bool> RunSweep(const Flags& f, const std::vector<TrainConfig>& co
       continue;
     }
     if (f.report_only) continue;
+    if (!logged_command) {  // provenance for the report: every invocation that trained something
+      RETURN_IF_ERROR(WriteFile(f.out + "/sweep_commands.txt", ReadFile(f.out + "/sweep_commands.txt") + f.cmdline + "\n"));
+      logged_command = true;
+    }
     RETURN_IF_ERROR(MakeDirs(dir));
     const bool resume = Exists(dir + "/metrics.jsonl");
     int64_t start_step = 0;
@@ -260,7 +167,11 @@ absl::StatusOr<bool> RunSweep(const Flags& f, const std::vector<TrainConfig>& co
     }
     RETURN_IF_ERROR(WriteStatus(dir, status));
     std::string loss = "-";
-    if (m.ok()) loss = absl::StrFormat("%.4f", Summarize(*m, SummaryOptions()).final_train_loss);
+    if (m.ok()) {
+      SummaryOptions so;
+      so.final_window = f.final_window;
+      loss = absl::StrFormat("%.4f", Summarize(*m, so).final_train_loss);
+    }
     std::fprintf(stderr, "%s %s in %s (step %lld, final train loss %s)%s%s | sweep ETA %s\n", tag.c_str(),
                  status.status.c_str(), FormatWall(wall).c_str(), static_cast<long long>(end_step), loss.c_str(),
                  status.message.empty() ? "" : ": ", status.message.c_str(),
@@ -289,7 +200,11 @@ absl::Status WriteReport(const Flags& f, const std::vector<TrainConfig>& configs
   const auto& m = c.model();
   const auto& d = c.data();
   report.setup = {
-      {"command", f.cmdline},
+      {"report written by", f.cmdline},
+      {"variants trained by", ReadFile(f.out + "/sweep_commands.txt").empty()
+                                  ? "unknown"
+                                  : absl::StrJoin(absl::StrSplit(ReadFile(f.out + "/sweep_commands.txt"), '\n',
+                                                                 absl::SkipEmpty()), " ; then ")},
       {"base config", f.config},
       {"overrides (all variants)", f.overrides.empty() ? "none" : absl::StrJoin(f.overrides, " ; ")},
       {"launcher", f.launcher.empty() ? "none (one process per variant)" : absl::StrJoin(f.launcher, " ")},
@@ -352,6 +267,23 @@ absl::Status WriteReport(const Flags& f, const std::vector<TrainConfig>& configs
     }
   }
   report.data_order = CompareDataOrder(names, runs);
+  if (d.train_size() == 1) {  // tools/make_corpus.py writes the unigram entropy into the corpus manifest
+    const std::string& path = d.train(0).path();
+    const std::string manifest = ReadFile(path.substr(0, path.find_last_of('/') + 1) + "manifest.json");
+    const std::string key = "\"train_unigram_entropy_nats\":";
+    const size_t at = manifest.find(key);
+    if (at != std::string::npos) report.unigram_entropy = std::strtod(manifest.c_str() + at + key.size(), nullptr);
+  }
+  double total_wall = 0;
+  for (const VariantResult& v : report.variants) total_wall += std::isfinite(v.wall_s) ? v.wall_s : 0;
+  const std::string loadavg = ReadFile("/proc/loadavg");
+  std::string machine = absl::StrCat(sysconf(_SC_NPROCESSORS_ONLN), " cores");
+  if (!f.report_only) {  // the load others put on the machine explains the wall times
+    absl::StrAppend(&machine, "; load average (1/5/15 min) at the end of this sweep: ",
+                    loadavg.substr(0, loadavg.find(' ', loadavg.find(' ', loadavg.find(' ') + 1) + 1)));
+  }
+  report.setup.emplace_back("machine", machine);
+  report.setup.emplace_back("wall time of all variants", FormatWall(total_wall));
   RETURN_IF_ERROR(WriteFile(f.out + "/report.md", ReportMarkdown(report)));
   RETURN_IF_ERROR(WriteFile(f.out + "/report.html", ReportHtml(report)));
   RETURN_IF_ERROR(WriteFile(f.out + "/summary.csv", SummaryCsv(report)));
@@ -412,7 +344,13 @@ int main(int argc, char** argv) {
   f.target_text = cl->Get("target_loss");
   f.grad_steps_text = cl->Get("grad_steps");
   f.report_only = cl->GetBool("report_only");
-  for (int i = 0; i < argc; ++i) f.cmdline += (i ? " " : "") + std::string(argv[i]);
+  for (int i = 0; i < argc; ++i) {  // shell-quoted, on one line
+    std::string arg = argv[i], quoted;
+    for (char& c : arg) c = (c == '\n' || c == '\t') ? ' ' : c;
+    const bool plain = arg.find_first_of(" '\"{}$;&|<>*?()") == std::string::npos;
+    for (char c : arg) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    f.cmdline += (i ? " " : "") + (plain ? arg : "'" + quoted + "'");
+  }
   for (absl::string_view w : absl::StrSplit(cl->Get("launcher"), ' ', absl::SkipEmpty())) f.launcher.emplace_back(w);
   auto window = cl->GetInt("final_window", 5);
   if (!window.ok() || *window < 1) return fail("--final_window must be a positive integer", 2);
@@ -454,8 +392,7 @@ int main(int argc, char** argv) {
     return fail(absl::StrCat("--train_bin (", f.train_bin, ") does not exist; build //tools:train or pass --train_bin"), 1);
   }
   if (absl::Status s = MakeDirs(f.out); !s.ok()) return fail(std::string(s.message()), 1);
-  signal(SIGINT, ForwardSignal);
-  signal(SIGTERM, ForwardSignal);
+  InstallSignalForwarding();
   auto ok = RunSweep(f, configs);
   if (!ok.ok()) return fail(std::string(ok.status().message()), 1);
   if (absl::Status s = WriteReport(f, configs); !s.ok()) return fail(std::string(s.message()), 1);

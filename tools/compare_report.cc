@@ -81,14 +81,16 @@ Table SummaryTable(const SweepReport& r) {
                       Fixed(s.final_val_loss), Finite(s.tokens_to_target) ? Tokens(s.tokens_to_target) : "not reached",
                       absl::StrCat(s.skipped_steps), absl::StrCat(s.loss_spikes), Sig(s.max_grad_norm),
                       s.diverged ? "yes" : "no", FormatWall(v.wall_s)});
+    if (Finite(r.unigram_entropy)) t.rows.back().push_back(Fixed(s.final_train_loss - r.unigram_entropy));
   }
+  if (Finite(r.unigram_entropy)) t.header.push_back("final train loss - unigram entropy");
   return t;
 }
 
 Table RouterTable(const SweepReport& r) {
   Table t;
   t.header = {"strategy", "router entropy (last step)", "max/mean load (last step)", "max/mean load (mean over run)",
-              "dead experts (last step)"};
+              "dead experts (last step, all layers)"};
   for (const VariantResult& v : r.variants) {
     const VariantSummary& s = v.summary;
     t.rows.push_back({v.strategy, Fixed(s.final_entropy, 3), Fixed(s.final_max_over_mean, 3),
@@ -120,8 +122,12 @@ Table GradTable(const SweepReport& r, int64_t step) {
 std::vector<std::string> Notes(const SweepReport& r) {
   std::vector<std::string> notes;
   for (const VariantResult& v : r.variants) {
-    if (v.summary.diverged) notes.push_back(absl::StrCat(v.strategy, " diverged: ", v.summary.diverged_reason, "."));
-    if (!v.message.empty()) notes.push_back(absl::StrCat(v.strategy, " (", v.status, "): ", v.message));
+    if (v.summary.diverged) {
+      notes.push_back(absl::StrCat(v.strategy, " diverged: ", v.summary.diverged_reason,
+                                   v.message.empty() || v.message == v.summary.diverged_reason ? "" : "; ", v.message));
+    } else if (!v.message.empty()) {
+      notes.push_back(absl::StrCat(v.strategy, " (", v.status, "): ", v.message));
+    }
     if (v.metrics.unreadable_lines > 0) {
       notes.push_back(absl::StrCat(v.strategy, ": ", v.metrics.unreadable_lines, " unreadable metrics.jsonl lines"));
     }
@@ -167,13 +173,19 @@ std::string FormatWall(double s) {
 
 std::string ReportMarkdown(const SweepReport& r) {
   std::string md = absl::StrCat("# ", r.title, "\n\n## Setup\n\n");
-  for (const auto& [k, v] : r.setup) absl::StrAppend(&md, "- ", k, ": ", v, "\n");
+  for (const auto& [k, v] : r.setup) absl::StrAppend(&md, "- ", k, ": `", v, "`\n");
   absl::StrAppend(&md, "- data order: ", DataOrderLine(r), "\n");
+  if (Finite(r.unigram_entropy)) {
+    absl::StrAppend(&md, "- unigram entropy of the training data: ", Fixed(r.unigram_entropy),
+                    " nats (the loss of a model that learned the token frequencies only)\n");
+  }
   absl::StrAppend(&md, "- target loss: ", Fixed(r.summary_options.target_loss), " (", r.target_rule, ")\n\n");
   absl::StrAppend(&md, "## Results\n\n", Markdown(SummaryTable(r)), "\n");
   absl::StrAppend(&md, "Final train loss: mean of the last ", r.summary_options.final_window,
                   " logged train losses. Loss spikes: logged steps whose loss exceeds ", r.summary_options.spike_ratio,
-                  " x the lowest loss logged before them. Diverged: the trainer stopped on consecutive non-finite "
+                  " x the mean of the ", r.summary_options.final_window, " logged losses before them. Tokens to target: tokens at "
+                  "the first logged step where the mean of the last ", r.summary_options.final_window,
+                  " logged losses is <= the target. Diverged: the trainer stopped on consecutive non-finite "
                   "steps, or the last logged loss is non-finite or above the first. Curves and charts: report.html; "
                   "raw numbers: summary.csv, curves.csv, grad_norms.csv.\n\n");
   const std::vector<std::string> notes = Notes(r);
@@ -201,6 +213,10 @@ std::string ReportHtml(const SweepReport& r) {
       "th:first-child{text-align:left}th{background:#eee}svg{display:block;margin:.5em 0}\n</style></head><body>\n",
       "<h1>", XmlEscape(r.title), "</h1>\n<h2>Setup</h2>\n<ul>\n");
   for (const auto& [k, v] : r.setup) absl::StrAppend(&h, "<li>", XmlEscape(k), ": ", XmlEscape(v), "</li>\n");
+  if (Finite(r.unigram_entropy)) {
+    absl::StrAppend(&h, "<li>unigram entropy of the training data: ", Fixed(r.unigram_entropy),
+                    " nats (the loss of a model that learned the token frequencies only)</li>\n");
+  }
   absl::StrAppend(&h, "<li>data order: ", XmlEscape(DataOrderLine(r)), "</li>\n<li>target loss: ",
                   Fixed(r.summary_options.target_loss), " (", XmlEscape(r.target_rule), ")</li>\n</ul>\n");
   absl::StrAppend(&h, "<h2>Results</h2>\n", Html(SummaryTable(r)));
@@ -252,6 +268,7 @@ std::string ReportHtml(const SweepReport& r) {
     }
     o.title = absl::StrCat("FFN/expert gradient norm per block, step ", step);
     o.x_label = "block";
+    o.integer_x = true;
     o.y_label = "grad norm";
     absl::StrAppend(&h, LineChartSvg(profile, o), Html(GradTable(r, step)));
   }
@@ -259,6 +276,7 @@ std::string ReportHtml(const SweepReport& r) {
   absl::StrAppend(&h, "<h2>Router balance</h2>\n");
   o.log_y = false;
   o.x_label = "step";
+  o.integer_x = false;
   o.title = "Router entropy (mean over tokens and layers)";
   o.y_label = "entropy (nats)";
   absl::StrAppend(&h, LineChartSvg(entropy, o));

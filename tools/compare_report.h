@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -38,6 +39,9 @@ struct SweepReport {
   std::string target_rule;         // how target_loss was chosen
   std::vector<int64_t> grad_steps;
   int64_t num_experts = 0;         // for the balanced-routing entropy reference ln(E)
+  // Unigram entropy of the training tokens (nats), when the data's manifest states it: the loss of a model
+  // that learned the token frequencies only. NaN = unknown (no column).
+  double unigram_entropy = std::numeric_limits<double>::quiet_NaN();
   DataOrderCheck data_order;
 };
 

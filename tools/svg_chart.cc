@@ -20,7 +20,10 @@ double NiceStep(double lo, double hi, int target) {
 std::string TickLabel(double v) {
   if (v == 0) return "0";
   const double a = std::fabs(v);
-  if (a >= 1e5 || a < 1e-3) return absl::StrFormat("%.0e", v);
+  if (a >= 1e9) return absl::StrFormat("%.4gG", v / 1e9);
+  if (a >= 1e6) return absl::StrFormat("%.4gM", v / 1e6);
+  if (a >= 1e4) return absl::StrFormat("%.4gk", v / 1e3);
+  if (a < 1e-3) return absl::StrFormat("%.0e", v);
   return absl::StrFormat("%.6g", v);
 }
 
@@ -110,7 +113,7 @@ std::string LineChartSvg(const std::vector<ChartSeries>& series, const ChartOpti
                                           "<text x=\"%g\" y=\"%.1f\" text-anchor=\"end\">%s</text>\n",
                                           left, left + pw, py(v), py(v), left - 5, py(v) + 4, TickLabel(v)));
   }
-  const double xstep = NiceStep(x0, x1, 6);
+  const double xstep = o.integer_x ? std::max(1.0, NiceStep(x0, x1, 6)) : NiceStep(x0, x1, 6);
   for (double v = std::ceil(x0 / xstep) * xstep; v <= x1 + xstep * 1e-6; v += xstep) {
     absl::StrAppend(&svg, absl::StrFormat("<line x1=\"%.1f\" x2=\"%.1f\" y1=\"%g\" y2=\"%g\" stroke=\"#ddd\"/>"
                                           "<text x=\"%.1f\" y=\"%g\" text-anchor=\"middle\">%s</text>\n",

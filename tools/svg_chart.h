@@ -21,6 +21,7 @@ struct ChartSeries {
 struct ChartOptions {
   std::string title, x_label, y_label;
   bool log_y = false;
+  bool integer_x = false;  // x ticks at whole numbers only (e.g. block index)
   // Explicit y range; NaN = from the data.
   double y_min = std::numeric_limits<double>::quiet_NaN();
   double y_max = std::numeric_limits<double>::quiet_NaN();
