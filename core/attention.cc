@@ -1,5 +1,7 @@
 #include "core/attention.h"
 
+#include <torch/csrc/autograd/custom_function.h>
+
 namespace hybridmoe {
 
 std::pair<at::Tensor, at::Tensor> rope_tables(int64_t seq_len, int64_t head_dim, double theta) {
@@ -10,10 +12,46 @@ std::pair<at::Tensor, at::Tensor> rope_tables(int64_t seq_len, int64_t head_dim,
   return {full.cos().to(at::kFloat), full.sin().to(at::kFloat)};
 }
 
-at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Exchanges the two halves of the last dim: [x1, x2] -> [x2, x1].
+at::Tensor SwapHalves(const at::Tensor& x) {
   const int64_t half = x.size(-1) / 2;
-  const at::Tensor rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
-  return x * cos.to(x.scalar_type()) + rotated * sin.to(x.scalar_type());
+  return at::cat({x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+// Rotate-half RoPE as y = x * cos + swap(x) * sin_signed with sin_signed = [-sin1, sin2], so that forward
+// and backward are three elementwise passes each: swap is its own adjoint and swap(sin_signed) =
+// -sin_signed, hence dx = g * cos - swap(g) * sin_signed. The tables broadcast against x and get no gradient.
+class Rope : public torch::autograd::Function<Rope> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& cos,
+                            const at::Tensor& sin_signed) {
+    ctx->save_for_backward({cos, sin_signed});
+    return at::addcmul(x * cos, SwapHalves(x), sin_signed);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list t = ctx->get_saved_variables();
+    const at::Tensor& g = grads[0];
+    return {at::addcmul(g * t[0], SwapHalves(g), t[1], /*value=*/-1), at::Tensor(), at::Tensor()};
+  }
+};
+
+// cos and sin tables (any shape that broadcasts against x) -> RoPE of x.
+at::Tensor Rotate(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t half = sin.size(-1) / 2;
+  const at::Tensor s = sin.to(x.scalar_type());
+  const at::Tensor sin_signed = at::cat({-s.narrow(-1, 0, half), s.narrow(-1, half, half)}, -1);
+  return Rope::apply(x, cos.to(x.scalar_type()), sin_signed);
+}
+
+}  // namespace
+
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  return Rotate(x, cos, sin);
 }
 
 AttentionImpl::AttentionImpl(const AttentionOptions& o) : options(o) {
@@ -46,19 +84,22 @@ void AttentionImpl::reset_parameters(const InitPlan& plan, const std::string& pr
 
 at::Tensor AttentionImpl::forward(const at::Tensor& x_BSD) {
   const int64_t B = x_BSD.size(0), S = x_BSD.size(1), D = options.d_model, H = options.n_heads, hd = D / H;
-  auto project = [&](const at::Tensor& w, Norm& norm) {
-    at::Tensor y = at::matmul(x_BSD, w.t());
+  // One GEMM for q, k and v (x read once; in backward one GEMM for dx instead of three and two sums).
+  const at::Tensor qkv = at::matmul(x_BSD, at::cat({wq, wk, wv}, 0).t());  // [B, S, 3D]
+  auto split = [&](int64_t i, Norm& norm) {
+    at::Tensor y = qkv.narrow(-1, i * D, D);
     if (!norm.is_empty() && !options.per_head_norm) y = norm(y);
     y = y.view({B, S, H, hd});
     if (!norm.is_empty() && options.per_head_norm) y = norm(y);
-    return y.transpose(1, 2);  // [B, H, S, h_d]
+    return y;  // [B, S, H, h_d]
   };
-  at::Tensor q = project(wq, q_norm);
-  at::Tensor k = project(wk, k_norm);
-  at::Tensor v = project(wv, v_norm);
+  at::Tensor q = split(0, q_norm), k = split(1, k_norm), v = split(2, v_norm);
   if (!cos_.defined() || cos_.size(0) != S) std::tie(cos_, sin_) = rope_tables(S, hd, options.rope_theta);
-  q = apply_rope(q, cos_, sin_);
-  k = apply_rope(k, cos_, sin_);
+  // RoPE in the [B, S, H, h_d] layout the projection wrote (tables [S, 1, h_d]); SDPA takes the transposes.
+  const at::Tensor cos = cos_.unsqueeze(1), sin = sin_.unsqueeze(1);
+  q = Rotate(q, cos, sin).transpose(1, 2);
+  k = Rotate(k, cos, sin).transpose(1, 2);
+  v = v.transpose(1, 2);
   at::Tensor out = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/true);
   if (head_scale.defined()) out = out * head_scale.view({1, H, 1, 1});
   return at::matmul(out.transpose(1, 2).reshape({B, S, D}), wo.t());

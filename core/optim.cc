@@ -1,6 +1,7 @@
 #include "core/optim.h"
 
 #include <cmath>
+#include <map>
 
 namespace hybridmoe {
 
@@ -16,16 +17,37 @@ void AdamW::step(double lr) {
   at::NoGradGuard no_grad;
   ++step_;
   const double b1 = options_.beta1, b2 = options_.beta2;
-  const double bias1 = 1.0 - std::pow(b1, static_cast<double>(step_));
-  const double bias2 = 1.0 - std::pow(b2, static_cast<double>(step_));
+  // One fused update per (device, dtype) group: ATen's _fused_adamw_ makes one pass over p, g, m, v per
+  // tensor instead of seven elementwise ops. It reads the step count from a tensor, as torch.optim does.
+  std::map<std::pair<std::string, at::ScalarType>, std::vector<size_t>> groups;
   for (size_t i = 0; i < params_.size(); ++i) {
-    at::Tensor p = params_[i].second;
-    at::Tensor g = p.grad().defined() ? p.grad() : at::zeros_like(p);
+    const at::Tensor& p = params_[i].second;
+    if (p.is_contiguous()) {
+      groups[{p.device().str(), p.scalar_type()}].push_back(i);
+      continue;
+    }
+    // The plain update (a non-contiguous parameter; never the case for our modules).
+    const at::Tensor g = p.grad().defined() ? p.grad() : at::zeros_like(p);
     p.mul_(1.0 - lr * options_.weight_decay);
     exp_avg_[i].lerp_(g, 1.0 - b1);
     exp_avg_sq_[i].mul_(b2).addcmul_(g, g, 1.0 - b2);
-    const at::Tensor denom = (exp_avg_sq_[i].sqrt() / std::sqrt(bias2)).add_(options_.eps);
-    p.addcdiv_(exp_avg_[i], denom, -lr / bias1);
+    const at::Tensor denom = (exp_avg_sq_[i].sqrt() / std::sqrt(1.0 - std::pow(b2, static_cast<double>(step_))))
+                                 .add_(options_.eps);
+    p.addcdiv_(exp_avg_[i], denom, -lr / (1.0 - std::pow(b1, static_cast<double>(step_))));
+  }
+  for (const auto& [key, indices] : groups) {
+    std::vector<at::Tensor> p, g, m, v;
+    for (const size_t i : indices) {
+      const at::Tensor& param = params_[i].second;
+      p.push_back(param);
+      g.push_back(param.grad().defined() ? param.grad().contiguous() : at::zeros_like(param));
+      m.push_back(exp_avg_[i]);
+      v.push_back(exp_avg_sq_[i]);
+    }
+    const at::Tensor step = at::full({}, static_cast<double>(step_), p[0].options().dtype(at::kFloat));
+    const std::vector<at::Tensor> steps(p.size(), step);
+    at::_fused_adamw_(p, g, m, v, /*max_exp_avg_sqs=*/{}, steps, lr, b1, b2, options_.weight_decay, options_.eps,
+                      /*amsgrad=*/false, /*maximize=*/false);
   }
 }
 

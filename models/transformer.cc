@@ -2,9 +2,83 @@
 
 #include <cmath>
 
+#include <ATen/autocast_mode.h>
+#include <ATen/core/grad_mode.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
+
 namespace hybridmoe {
 
 namespace {
+
+// bf16 autocast for a model on a GPU (SPEC's training recipe): matmuls and attention run in bf16 while
+// parameters, gradients and optimizer state stay fp32; norm statistics, the router softmax and the losses
+// stay fp32 (at_least_fp32). A no-op on the CPU and when the caller already enabled autocast.
+class CudaAutocast {
+ public:
+  explicit CudaAutocast(bool enable) : enabled_(enable && !at::autocast::is_autocast_enabled(at::kCUDA)) {
+    if (!enabled_) return;
+    previous_dtype_ = at::autocast::get_autocast_dtype(at::kCUDA);
+    at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+    at::autocast::set_autocast_enabled(at::kCUDA, true);
+    at::autocast::increment_nesting();
+  }
+  ~CudaAutocast() {
+    if (!enabled_) return;
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    at::autocast::set_autocast_enabled(at::kCUDA, false);
+    at::autocast::set_autocast_dtype(at::kCUDA, previous_dtype_);
+  }
+
+ private:
+  bool enabled_;
+  at::ScalarType previous_dtype_ = at::kBFloat16;
+};
+
+// Activation checkpointing: forward runs the block without recording a graph and keeps only its input;
+// backward runs the block again with grad enabled (router statistics not counted twice) and
+// backpropagates through that recomputation to the input and the block's parameters.
+class CheckpointedBlock : public torch::autograd::Function<CheckpointedBlock> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                                                at::TensorList params, TransformerBlockImpl* block) {
+    ctx->save_for_backward({x});
+    ctx->saved_data["block"] = reinterpret_cast<int64_t>(block);
+    ctx->saved_data["autocast"] = at::autocast::is_autocast_enabled(at::kCUDA);
+    const BlockOutput b = block->forward(x);
+    return b.lb_loss.defined() ? torch::autograd::variable_list{b.x, b.lb_loss, b.z_loss}
+                               : torch::autograd::variable_list{b.x};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto* block = reinterpret_cast<TransformerBlockImpl*>(ctx->saved_data["block"].toInt());
+    const at::Tensor x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
+    const bool collect = !block->moe.is_empty() && block->moe->collect_stats;
+    if (collect) block->moe->collect_stats = false;
+    BlockOutput b;
+    {
+      at::AutoGradMode grad_mode(true);
+      CudaAutocast autocast(ctx->saved_data["autocast"].toBool());  // backward threads start without it
+      b = block->forward(x);
+    }
+    if (collect) block->moe->collect_stats = true;
+    const std::vector<at::Tensor> all = {b.x, b.lb_loss, b.z_loss};
+    torch::autograd::variable_list outputs, grad_outputs;
+    for (size_t i = 0; i < grads.size(); ++i) {
+      if (all[i].requires_grad()) {
+        outputs.push_back(all[i]);
+        grad_outputs.push_back(grads[i]);
+      }
+    }
+    torch::autograd::variable_list inputs = {x};
+    for (const at::Tensor& p : block->parameters()) inputs.push_back(p);
+    torch::autograd::variable_list result = torch::autograd::grad(outputs, inputs, grad_outputs, /*retain_graph=*/false,
+                                                                  /*create_graph=*/false, /*allow_unused=*/true);
+    result.emplace_back();  // the block pointer
+    return result;
+  }
+};
 
 NormStrategy StrategyFromProto(NormConfig::Strategy s) {
   switch (s) {
@@ -51,6 +125,7 @@ TransformerOptions TransformerOptionsFromConfig(const ModelConfig& c) {
   o.z_loss_weight = c.moe().z_loss_weight();
   o.init = c.init().scheme() == InitConfig::MEGATRON ? InitScheme::kMegatron : InitScheme::kNormal;
   o.init_std = c.init().std();
+  o.activation_checkpointing = c.activation_checkpointing();
   return o;
 }
 
@@ -119,10 +194,23 @@ std::vector<MoeLayer> TransformerImpl::moe_layers() const {
 }
 
 ModelOutput TransformerImpl::forward(const at::Tensor& tokens_BS, const at::Tensor& targets_BS) {
+  CudaAutocast autocast(embed.is_cuda());
   at::Tensor x = at::embedding(embed, tokens_BS);
   std::vector<at::Tensor> lb, z;
+  const bool checkpoint = options.activation_checkpointing && at::GradMode::is_enabled();
   for (auto& block : blocks) {
-    BlockOutput b = block(x);
+    BlockOutput b;
+    if (checkpoint) {
+      const std::vector<at::Tensor> params = block->parameters();
+      const torch::autograd::variable_list y = CheckpointedBlock::apply(x, at::TensorList(params), block.get());
+      b.x = y[0];
+      if (y.size() == 3) {
+        b.lb_loss = y[1];
+        b.z_loss = y[2];
+      }
+    } else {
+      b = block(x);
+    }
     x = b.x;
     if (b.lb_loss.defined()) {
       lb.push_back(b.lb_loss);

@@ -4,6 +4,8 @@
 // outside by swapping each MoE layer's dispatcher (parallel/).
 // TransformerOptionsFromConfig is the one place where the config proto becomes module options.
 // Parameter names are checkpoint keys: embed, blocks.<i>.<...>, final_norm.weight, lm_head.
+// On a GPU, forward runs under bf16 autocast (fp32 parameters, gradients and losses); on the CPU in the
+// parameters' dtype. activation_checkpointing keeps only each block's input and recomputes it in backward.
 #pragma once
 
 #include <string>
@@ -35,6 +37,8 @@ struct TransformerOptions {
   double z_loss_weight = 0.001;
   InitScheme init = InitScheme::kNormal;
   double init_std = 0.02;
+  // Training forwards keep only each block's input and recompute the block in backward.
+  bool activation_checkpointing = false;
 };
 
 TransformerOptions TransformerOptionsFromConfig(const ModelConfig& config);

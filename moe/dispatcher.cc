@@ -24,7 +24,9 @@ Permutation permute_by_expert(const at::Tensor& experts_TK, const at::Tensor& we
     slot = slot.masked_select(rank_in_expert < capacity);
     p.dropped = expert_A.numel() - slot.numel();
   }
-  const at::Tensor counts = at::bincount(expert_A.index_select(0, slot), {}, num_experts).to(at::kCPU).contiguous();
+  // Dropless keeps every slot: count them without gathering the expert ids first.
+  const at::Tensor kept_A = capacity < 0 ? expert_A : expert_A.index_select(0, slot);
+  const at::Tensor counts = at::bincount(kept_A, {}, num_experts).to(at::kCPU).contiguous();
   p.counts_E.assign(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + num_experts);
   p.slot_S = slot;
   p.token_S = at::floor_divide(slot, K);

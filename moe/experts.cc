@@ -1,6 +1,90 @@
 #include "moe/experts.h"
 
+#include <ATen/autocast_mode.h>
+#include <torch/csrc/autograd/custom_function.h>
+
 namespace hybridmoe {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// out = a @ b, written into `out` (a view: rows of a buffer, or one expert's slice of a weight gradient).
+void MmInto(at::Tensor out, const at::Tensor& a, const at::Tensor& b) { at::mm_out(out, a, b); }
+
+// The SwiGLU experts without hidden norm, forward and backward written out: every GEMM writes straight
+// into its rows of one [S, *] buffer or into its expert's slice of the weight gradient (no per-expert
+// slices, cat or stack), and only x, gate and up are kept for backward (h = silu(gate) * up is recomputed,
+// one elementwise pass, instead of storing silu(gate) and h as well).
+class GroupedSwiGlu : public torch::autograd::Function<GroupedSwiGlu> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_SD, const at::Tensor& w_gate_EFD,
+                            const at::Tensor& w_up_EFD, const at::Tensor& w_down_EDF,
+                            const std::vector<int64_t>& counts) {
+    const int64_t S = x_SD.size(0), D = w_gate_EFD.size(2), F = w_gate_EFD.size(1);
+    const at::Tensor x = x_SD.contiguous();
+    at::Tensor gate_SF = at::empty({S, F}, x.options()), up_SF = at::empty({S, F}, x.options());
+    at::Tensor y_SD = at::empty({S, D}, x.options());
+    ForEachExpert(counts, [&](int64_t e, int64_t off, int64_t n) {
+      const at::Tensor x_e = x.narrow(0, off, n);
+      MmInto(gate_SF.narrow(0, off, n), x_e, w_gate_EFD.select(0, e).t());
+      MmInto(up_SF.narrow(0, off, n), x_e, w_up_EFD.select(0, e).t());
+    });
+    const at::Tensor h_SF = at::silu(gate_SF).mul_(up_SF);
+    ForEachExpert(counts, [&](int64_t e, int64_t off, int64_t n) {
+      MmInto(y_SD.narrow(0, off, n), h_SF.narrow(0, off, n), w_down_EDF.select(0, e).t());
+    });
+    ctx->save_for_backward({x, w_gate_EFD, w_up_EFD, w_down_EDF, gate_SF, up_SF});
+    ctx->saved_data["counts"] = counts;
+    return y_SD;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &w_gate = saved[1], &w_up = saved[2], &w_down = saved[3], &gate = saved[4],
+                     &up = saved[5];
+    const std::vector<int64_t> counts = ctx->saved_data["counts"].toIntVector();
+    const at::Tensor dy = grads[0].contiguous();
+    const at::Tensor silu = at::silu(gate), h = silu * up;
+    at::Tensor dh = at::empty_like(gate);
+    at::Tensor g_down = at::empty_like(w_down), g_gate = at::empty_like(w_gate), g_up = at::empty_like(w_up);
+    ForEachExpert(counts, [&](int64_t e, int64_t off, int64_t n) {
+      const at::Tensor dy_e = dy.narrow(0, off, n);
+      MmInto(dh.narrow(0, off, n), dy_e, w_down.select(0, e));
+      MmInto(g_down.select(0, e), dy_e.t(), h.narrow(0, off, n));
+    });
+    const at::Tensor d_up = dh * silu;
+    at::silu_backward_out(dh, dh.mul_(up), gate);  // dh now holds d(gate)
+    at::Tensor dx = at::empty_like(x);
+    ForEachExpert(counts, [&](int64_t e, int64_t off, int64_t n) {
+      const at::Tensor x_e = x.narrow(0, off, n), dg_e = dh.narrow(0, off, n), du_e = d_up.narrow(0, off, n);
+      MmInto(g_gate.select(0, e), dg_e.t(), x_e);
+      MmInto(g_up.select(0, e), du_e.t(), x_e);
+      at::Tensor dx_e = dx.narrow(0, off, n);
+      MmInto(dx_e, dg_e, w_gate.select(0, e));
+      dx_e.addmm_(du_e, w_up.select(0, e));
+    });
+    for (size_t e = 0; e < counts.size(); ++e) {
+      if (counts[e] > 0) continue;
+      g_gate.select(0, e).zero_();
+      g_up.select(0, e).zero_();
+      g_down.select(0, e).zero_();
+    }
+    return {dx, g_gate, g_up, g_down, at::Tensor()};
+  }
+
+ private:
+  template <typename Fn>
+  static void ForEachExpert(const std::vector<int64_t>& counts, Fn&& fn) {
+    int64_t off = 0;
+    for (size_t e = 0; e < counts.size(); ++e) {
+      if (counts[e] > 0) fn(static_cast<int64_t>(e), off, counts[e]);
+      off += counts[e];
+    }
+  }
+};
+
+}  // namespace
 
 GroupedExpertsImpl::GroupedExpertsImpl(const ExpertsOptions& o) : options(o) {
   const int64_t E = o.num_local_experts, D = o.d_model, F = o.hidden;
@@ -28,6 +112,15 @@ void GroupedExpertsImpl::reset_parameters(const InitPlan& plan, const std::strin
 at::Tensor GroupedExpertsImpl::forward(const at::Tensor& x_SD, const std::vector<int64_t>& counts) {
   TORCH_CHECK(static_cast<int64_t>(counts.size()) == options.num_local_experts, "expected ", options.num_local_experts,
               " expert counts, got ", counts.size());
+  int64_t rows = 0;
+  for (const int64_t c : counts) rows += c;
+  TORCH_CHECK(rows == x_SD.size(0), "expert counts sum to ", rows, " but x_SD has ", x_SD.size(0), " rows");
+  // Autocast (CUDA bf16) casts per op, which the hand-written path's out= GEMMs bypass: keep autograd there.
+  const bool autocast = at::autocast::is_autocast_enabled(x_SD.device().type());
+  if (!hidden_norm.defined() && !autocast && x_SD.scalar_type() == w_gate.scalar_type()) {
+    return GroupedSwiGlu::apply(x_SD, w_gate, w_up, w_down, counts);
+  }
+  // NormFormer's per-expert hidden norm (and autocast): the same GEMM chain through autograd.
   // unbind/split: their backward is one stack/cat, not one full-size scatter per expert.
   const std::vector<at::Tensor> x_e = x_SD.split_with_sizes(counts, 0);
   const std::vector<at::Tensor> gate = w_gate.unbind(0), up = w_up.unbind(0), down = w_down.unbind(0);

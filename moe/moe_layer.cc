@@ -54,7 +54,7 @@ MoeOutput MoeLayerImpl::forward(const at::Tensor& x_TD) {
   const at::Tensor local_y = experts(dispatcher->dispatch(x_SD, p.counts_E, local_counts), local_counts);
   const at::Tensor y_SD = dispatcher->combine(local_y) * p.weight_S.unsqueeze(1).to(x_TD.scalar_type());
   MoeOutput out;
-  out.y_TD = at::zeros_like(x_TD).index_add(0, p.token_S, y_SD);
+  out.y_TD = at::zeros_like(x_TD).index_add_(0, p.token_S, y_SD);  // in place: no copy of the zeros
   out.lb_loss = load_balance_loss(r.probs_TE, r.experts_TK);
   out.z_loss = router_z_loss(r.logits_TE);
 

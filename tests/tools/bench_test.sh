@@ -1,0 +1,91 @@
+#!/bin/bash
+# Smoke test of bazel-bin/tools/bench on a tiny config (no timing assertions): one process with every
+# section (transformers side-by-side included), then two ranks under mpirun; checks that the JSON report
+# holds every figure and ratio, that the phase shares add up to the step, that the re-enacted forward of
+# the phase breakdown reproduces the model's loss, and that both sides of the transformers comparison
+# start from the same weights and batch (equal first-step loss).
+#   bench_test.sh <bench> <configs/bench.textproto> <hf_bench.py> <convert_hf>
+set -euo pipefail
+BENCH="$1"; CONFIG="$2"; HF_SCRIPT="$3"; CONVERT="$4"
+T="${TEST_TMPDIR:-$(mktemp -d)}"
+: "${HYBRIDMOE_VENV:?HYBRIDMOE_VENV is not set; tools/setup.sh writes it into .bazelrc.local}"
+PY="$HYBRIDMOE_VENV/bin/python"
+fail() { echo "FAIL: $*" >&2; exit 1; }
+TINY='model { d_model: 64 n_layers: 2 n_heads: 4 moe { num_experts: 4 top_k: 2 expert_hidden: 64 } } data { seq_len: 32 micro_batch_size: 2 }'
+
+"$BENCH" --config="$CONFIG" --override="$TINY" --random_tokens --rounds=2 --threads=1 --hf=on \
+  --hf_script="$HF_SCRIPT" --convert_hf="$CONVERT" --hf_python="$PY" --json_out="$T/one.json" \
+  >"$T/one.out" 2>"$T/one.err" || { cat "$T/one.err"; fail "1-rank bench exited $?"; }
+grep -q "MFU" "$T/one.err" || { cat "$T/one.err"; fail "no table on stderr"; }
+cmp -s <("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1])))' "$T/one.out") \
+       <("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1])))' "$T/one.json") || fail "stdout JSON != --json_out"
+
+"$PY" - "$T/one.json" <<'PY'
+import json, math, sys
+r = json.load(open(sys.argv[1]))
+def get(path):
+    v = r
+    for k in path.split("."):
+        if not isinstance(v, dict) or k not in v:
+            sys.exit(f"FAIL: missing {path}")
+        v = v[k]
+    return v
+def positive(path):
+    v = get(path)
+    if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+        sys.exit(f"FAIL: {path} = {v!r}, expected a positive number")
+    return v
+for p in ["train.tokens_per_s", "train.step_s.median", "train.matmul_peak_flops.median", "train.mfu.median",
+          "train.mfu_causal.median", "flops_per_token_train", "phases.step_s", "moe_vs_dense.moe_over_dense.median",
+          "moe_vs_dense.experts_over_dense.median", "hf.ours_over_hf.median", "hf.hf_tokens_per_s",
+          "activation_checkpointing.on_over_off_step_s.median", "activation_checkpointing.peak_rss_off_bytes",
+          "activation_checkpointing.peak_rss_on_bytes", "memory.peak_rss_bytes", "machine.load_avg_1m_start"]:
+    positive(p)
+shares = get("phases.shares")
+for k in ["attention", "router", "permutation", "experts", "all_to_all", "optimizer", "other"]:
+    if k not in shares or shares[k] < 0:
+        sys.exit(f"FAIL: phases.shares.{k} = {shares.get(k)!r}")
+if abs(sum(shares.values()) - 1) > 0.02:
+    sys.exit(f"FAIL: phase shares sum to {sum(shares.values())}")
+if shares["experts"] <= 0 or shares["attention"] <= 0:
+    sys.exit(f"FAIL: experts/attention shares not measured: {shares}")
+if get("phases.loss_rel_diff") > 1e-5:
+    sys.exit(f"FAIL: re-enacted loss {get('phases.reenacted_loss')} != model loss {get('phases.model_loss')}")
+if get("activation_checkpointing.loss_rel_diff") > 1e-6 or get("activation_checkpointing.grad_norm_max_rel_diff") > 1e-4:
+    sys.exit(f"FAIL: activation checkpointing changes the loss or gradients: {get('activation_checkpointing')}")
+if get("hf.first_step_lm_loss_abs_diff") > 1e-4:
+    sys.exit(f"FAIL: first-step loss ours {get('hf.first_step_lm_loss_ours')} vs hf {get('hf.first_step_lm_loss_hf')}")
+mfu = get("train.mfu.median")
+if get("train.mfu_causal.median") > mfu:
+    sys.exit("FAIL: causal MFU above full-attention MFU")
+for k in ["mfu_at_least_0.5", "moe_at_most_1.3x_dense", "at_least_2x_transformers", "all_to_all_at_least_0.9_raw"]:
+    if k not in get("targets"):
+        sys.exit(f"FAIL: targets.{k} missing")
+print("1-rank report ok:", {k: round(v, 3) for k, v in shares.items()})
+PY
+
+# Two ranks: expert parallelism over the ranks, scaling and all-to-all sections.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export TMPDIR="$T" OMPI_MCA_btl_vader_backing_directory="$T"
+timeout -k 10 300 mpirun --oversubscribe --bind-to none -np 2 "$BENCH" --config="$CONFIG" --override="$TINY" --random_tokens \
+  --rounds=2 --threads=1 --sections=train,phases,scaling,all_to_all >"$T/two.out" 2>"$T/two.err" \
+  || { cat "$T/two.err"; fail "2-rank bench exited $?"; }
+"$PY" - "$T/two.out" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["world_size"] == 2 and r["expert_parallel_size"] == 2, (r["world_size"], r["expert_parallel_size"])
+for sec, key in [("scaling", "speedup"), ("all_to_all", "exchange_over_raw"), ("all_to_all", "dispatcher_over_raw"),
+                 ("all_to_all", "raw_bytes_per_s"), ("train", "mfu")]:
+    v = r.get(sec, {}).get(key, {}).get("median")
+    if not (isinstance(v, (int, float)) and v > 0):
+        sys.exit(f"FAIL: {sec}.{key}.median = {v!r}")
+for k in ["one_rank_tokens_per_s", "n_rank_tokens_per_s"]:
+    if not r["scaling"].get(k, 0) > 0:
+        sys.exit(f"FAIL: scaling.{k}")
+if r["phases"]["shares"]["all_to_all"] <= 0:
+    sys.exit("FAIL: no all-to-all time attributed with 2 ranks")
+if r["phases"]["loss_rel_diff"] > 1e-5:
+    sys.exit("FAIL: re-enacted loss differs with 2 ranks")
+print("2-rank report ok")
+PY
+echo PASS

@@ -1,0 +1,395 @@
+// bazel-bin/tools/bench [--config=configs/bench.textproto] [--override=TEXTPROTO]... [--threads=N] [--rounds=R]
+//   [--hf=auto|on|off] [--sections=LIST] [--json_out=FILE] [--random_tokens]
+// Under `mpirun --bind-to none -np N` the experts are sharded over the N ranks (--expert_parallel_size) and
+// the scaling and all-to-all sections run (without --bind-to none, mpirun pins each rank to one core and
+// the 1-rank side of the scaling section cannot use the others; cpus_allowed in the report shows it).
+//
+// Measures the training step of a config and prints a table (stderr) and one JSON object (stdout) with:
+// tokens/s; model FLOPs utilisation against the fp32 matmul peak measured in the same run and threads; the
+// time share of each phase (tools/bench_phases.h); the MoE layer against a dense SwiGLU FFN of the same
+// active FLOPs (tools/bench_sections.h); our step against transformers' OlmoeForCausalLM on the same
+// config, weights and batch (tools/bench_hf.h); activation checkpointing's speed and memory; 1-rank vs
+// N-rank tokens/s and the all-to-all against a raw MPI_Alltoallv (tools/bench_comm.h); peak resident
+// memory. Ratios are medians over rounds that alternate the two sides (tools/bench_common.h).
+#include <sched.h>
+
+#include <cstdio>
+#include <fstream>
+#include <set>
+#include <thread>
+
+#include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "core/config.h"
+#include "core/status.h"
+#include "tools/bench_comm.h"
+#include "tools/bench_common.h"
+#include "tools/bench_hf.h"
+#include "tools/bench_sections.h"
+#include "tools/cli.h"
+
+namespace hybridmoe {
+namespace {
+
+const char kAllSections[] = "train,phases,moe_dense,hf,checkpointing,scaling,all_to_all";
+
+struct Options {
+  std::string config_path;
+  std::vector<std::string> overrides;
+  int threads = 0, rounds = 5, warmup = 1;
+  std::string hf = "auto";
+  std::set<std::string> sections;
+  bool random_tokens = false;
+  std::string json_out;
+  HfPaths hf_paths;
+  bool Want(const std::string& s) const { return sections.count(s) > 0; }
+};
+
+int LaunchWorldSize() {
+  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE"}) {
+    if (const char* v = std::getenv(var)) return std::max(1, std::atoi(v));
+  }
+  return 1;
+}
+
+int CpusAllowed() {
+  cpu_set_t set;
+  return sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 0;
+}
+
+absl::Status Run(const Options& o, TrainConfig config) {
+  ASSIGN_OR_RETURN(std::unique_ptr<ParallelContext> ctx_owner, ParallelContext::Create(config));
+  ParallelContext& ctx = *ctx_owner;
+  const bool root = ctx.rank() == 0;
+  const int W = ctx.world_size();
+  const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int threads = o.threads > 0                         ? o.threads
+                      : config.parallel().num_threads() > 0 ? config.parallel().num_threads()
+                                                            : std::max(1, hw / ctx.local_size());
+  at::set_num_threads(threads);
+  const int64_t B = config.data().micro_batch_size(), S = config.data().seq_len();
+  const double tokens_per_step = static_cast<double>(B * S * W);
+  const FlopCount flops = CountFlops(config);
+  ASSIGN_OR_RETURN(auto batch, BenchBatch(config, B, ctx.rank() * B, o.random_tokens));
+  const at::Tensor &inputs = batch.first, &targets = batch.second;
+
+  Json report;
+  report["tool"] = "bench";
+  report["date"] = NowUtc();
+  report["machine"] = {{"cpu", CpuModel()}, {"hardware_threads", hw}, {"load_avg_1m_start", LoadAverage()}};
+  report["config"] = o.config_path;
+  report["overrides"] = o.overrides;
+  const ModelConfig& m = config.model();
+  report["model"] = {{"d_model", m.d_model()},
+                     {"n_layers", m.n_layers()},
+                     {"n_heads", m.n_heads()},
+                     {"num_experts", m.moe().num_experts()},
+                     {"top_k", m.moe().top_k()},
+                     {"expert_hidden", m.moe().expert_hidden()},
+                     {"vocab_size", m.vocab_size()},
+                     {"norm_strategy", NormConfig::Strategy_Name(m.norm().strategy())},
+                     {"seq_len", S},
+                     {"micro_batch_size", B}};
+  report["world_size"] = W;
+  report["expert_parallel_size"] = ctx.ep_size();
+  report["threads_per_rank"] = threads;
+  report["cpus_allowed_per_rank"] = -ctx.MaxOverRanks(-CpusAllowed());  // the smallest affinity mask
+  report["tokens_per_step"] = tokens_per_step;
+  report["flops_per_token_train"] = flops.per_token_train;
+  report["flops_per_token_train_causal"] = flops.per_token_train_causal;
+
+  TrainStep step(config, &ctx);
+  std::unique_ptr<HfSide> hf;
+  if (o.Want("hf") && o.hf != "off") {
+    if (W > 1) {
+      report["hf"] = {{"skipped", "the transformers side runs in 1-rank runs only"}};
+    } else {
+      auto started = HfSide::Start(o.hf_paths, step.model, config, inputs, targets, threads);
+      if (started.ok()) {
+        hf = std::move(*started);
+      } else if (o.hf == "on") {
+        return started.status();
+      } else {
+        report["hf"] = {{"skipped", std::string(started.status().message())}};
+      }
+    }
+  }
+  // Warm-up; the first step's loss is computed from the initial weights on both sides.
+  step.Run(inputs, targets);
+  const double first_lm_loss = step.last_lm_loss;
+  for (int i = 1; i < o.warmup; ++i) step.Run(inputs, targets);
+  HfSteps hf_first;
+  if (hf) {
+    ASSIGN_OR_RETURN(hf_first, hf->Steps(std::max(1, o.warmup)));
+  }
+
+  if (o.Want("train") || hf) {
+    std::vector<double> peak, ours, theirs, mfu, mfu_causal, mfu_cpu, ratio, hf_mfu;
+    const double step_flops = flops.per_token_train * tokens_per_step;
+    for (int r = 0; r < o.rounds; ++r) {
+      const MatmulPeak mp = MeasureMatmulPeak();
+      // Every rank measures at once: the machine's peak with these threads is the sum.
+      std::vector<double> sums = {mp.flops_per_s, mp.flops_per_cpu_s};
+      ctx.SumOverRanks(sums);
+      peak.push_back(sums[0]);
+      ours.push_back(ctx.MaxOverRanks(step.Run(inputs, targets)));
+      std::vector<double> cpu = {step.last_cpu_seconds / threads};
+      ctx.SumOverRanks(cpu);  // thread-seconds of all ranks, in units of one rank's set of threads
+      mfu.push_back(step_flops / ours.back() / peak.back());
+      mfu_causal.push_back(flops.per_token_train_causal * tokens_per_step / ours.back() / peak.back());
+      mfu_cpu.push_back(step_flops / cpu[0] / sums[1] * W);
+      if (hf) {
+        ASSIGN_OR_RETURN(HfSteps s, hf->Steps(1));
+        theirs.push_back(s.seconds[0]);
+        ratio.push_back(theirs.back() / ours.back());
+        hf_mfu.push_back(step_flops / theirs.back() / peak.back());
+      }
+    }
+    const Summary step_s = Summarize(ours);
+    report["train"] = {{"tokens_per_s", tokens_per_step / step_s.median},
+                       {"step_s", ToJson(step_s)},
+                       {"matmul_peak_flops", ToJson(Summarize(peak))},
+                       {"achieved_flops", step_flops / step_s.median},
+                       {"mfu", ToJson(Summarize(mfu))},
+                       {"mfu_causal", ToJson(Summarize(mfu_causal))},
+                       {"mfu_cpu_time", ToJson(Summarize(mfu_cpu))}};
+    if (hf) {
+      const double hf_loss = hf_first.lm_loss.empty() ? 0 : hf_first.lm_loss[0];
+      report["hf"] = {{"ours_tokens_per_s", tokens_per_step / step_s.median},
+                      {"hf_tokens_per_s", tokens_per_step / Summarize(theirs).median},
+                      {"hf_step_s", ToJson(Summarize(theirs))},
+                      {"ours_over_hf", ToJson(Summarize(ratio))},
+                      {"hf_mfu", ToJson(Summarize(hf_mfu))},
+                      {"first_step_lm_loss_ours", first_lm_loss},
+                      {"first_step_lm_loss_hf", hf_loss},
+                      {"first_step_lm_loss_abs_diff", std::abs(first_lm_loss - hf_loss)},
+                      {"hf_side", Json::parse(hf->ready_line(), nullptr, false)}};
+      hf.reset();
+    }
+  }
+  if (o.Want("phases")) report["phases"] = PhaseShares(step, inputs, targets, 3);
+  if (o.Want("moe_dense")) {
+    report["moe_vs_dense"] = W == 1 ? MoeVsDense(step, inputs, o.rounds) : Json{{"skipped", "1-rank runs only"}};
+  }
+  if (o.Want("checkpointing")) {
+    // Same weights and batch with and without checkpointing: the loss and every parameter's gradient norm
+    // must agree (recomputation is the same math).
+    double grad_rel_diff = 0, loss_rel_diff = 0;
+    {
+      std::vector<double> norms[2], losses(2);
+      for (const bool on : {false, true}) {
+        step.model->options.activation_checkpointing = on;
+        step.ForwardBackward(inputs, targets);
+        losses[on] = step.last_loss;
+        at::NoGradGuard no_grad;
+        for (const at::Tensor& p : step.params) {
+          norms[on].push_back(p.grad().defined() ? p.grad().norm().item<double>() : 0.0);
+        }
+      }
+      for (size_t i = 0; i < norms[0].size(); ++i) {
+        grad_rel_diff = std::max(grad_rel_diff, std::abs(norms[1][i] - norms[0][i]) / std::max(1e-30, norms[0][i]));
+      }
+      loss_rel_diff = std::abs(losses[1] - losses[0]) / std::max(1e-30, std::abs(losses[0]));
+    }
+    std::vector<double> ratio;
+    for (int r = 0; r < o.rounds; ++r) {
+      step.model->options.activation_checkpointing = false;
+      const double off = ctx.MaxOverRanks(step.Run(inputs, targets));
+      step.model->options.activation_checkpointing = true;
+      const double on = ctx.MaxOverRanks(step.Run(inputs, targets));
+      ratio.push_back(on / off);
+    }
+    step.model->options.activation_checkpointing = false;
+    Json c = {{"on_over_off_step_s", ToJson(Summarize(ratio))},
+              {"loss_rel_diff", loss_rel_diff},
+              {"grad_norm_max_rel_diff", grad_rel_diff}};
+    if (W == 1) {
+      std::vector<std::string> args = {"--config=" + o.config_path, absl::StrCat("--threads=", threads)};
+      for (const std::string& ov : o.overrides) args.push_back("--override=" + ov);
+      if (o.random_tokens) args.push_back("--random_tokens");
+      for (const bool on : {false, true}) {
+        args.push_back(on ? "--child_memory=1" : "--child_memory=0");
+        ASSIGN_OR_RETURN(const Json child, RunChild(args));
+        args.pop_back();
+        c[on ? "peak_rss_on_bytes" : "peak_rss_off_bytes"] = child["peak_rss_bytes"];
+        c[on ? "child_step_s_on" : "child_step_s_off"] = child["step_s"];
+      }
+    }
+    report["activation_checkpointing"] = c;
+  }
+  if (o.Want("scaling") && W > 1) {
+    TrainConfig one = config;
+    one.mutable_parallel()->set_expert_parallel_size(1);
+    std::unique_ptr<TrainStep> single;
+    if (root) single = std::make_unique<TrainStep>(one, nullptr);
+    std::vector<double> speedup, t_one, t_n;
+    for (int r = 0; r <= o.rounds; ++r) {  // round 0 warms the 1-rank model up
+      at::set_num_threads(threads);
+      const double n_rank = ctx.MaxOverRanks(step.Run(inputs, targets));
+      double one_rank = 0;
+      if (root) {
+        at::set_num_threads(threads * ctx.local_size());
+        one_rank = single->Run(inputs, targets);
+      }
+      IdleBarrier(ctx);
+      if (r == 0) continue;
+      t_one.push_back(one_rank);
+      t_n.push_back(n_rank);
+      speedup.push_back((tokens_per_step / n_rank) / (B * S / one_rank));
+    }
+    at::set_num_threads(threads);
+    report["scaling"] = {{"one_rank_threads", threads * ctx.local_size()},
+                         {"one_rank_tokens_per_s", B * S / Summarize(t_one).median},
+                         {"n_rank_tokens_per_s", tokens_per_step / Summarize(t_n).median},
+                         {"speedup", ToJson(Summarize(speedup))}};
+  }
+  if (o.Want("all_to_all") && ctx.ep_size() > 1) {
+    std::vector<MoeLayer> layers = step.model->moe_layers();
+    layers[0]->stats.reset();
+    {
+      at::NoGradGuard no_grad;
+      step.model(inputs, targets);
+    }
+    const at::Tensor counts = layers[0]->stats.counts_E.contiguous();
+    const std::vector<int64_t> counts_E(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + counts.numel());
+    const AllToAllBench a = MeasureAllToAll(ctx, *layers[0]->dispatcher, counts_E, m.d_model(), o.rounds, 20);
+    // Load balance of layer 0 over the EP ranks: rows each rank's experts get, max over mean.
+    std::vector<double> global(counts_E.begin(), counts_E.end());
+    ctx.SumOverRanks(global);
+    const int64_t L = m.moe().num_experts() / ctx.ep_size();
+    std::vector<double> rows(ctx.ep_size(), 0);
+    for (size_t e = 0; e < global.size(); ++e) rows[e / L] += global[e];
+    double max_rows = 0, sum_rows = 0;
+    for (const double r : rows) {
+      max_rows = std::max(max_rows, r);
+      sum_rows += r;
+    }
+    report["all_to_all"] = {{"bytes_per_exchange_rank0", a.bytes_per_exchange},
+                            {"expert_rows_max_over_mean", max_rows / (sum_rows / ctx.ep_size())},
+                            {"raw_bytes_per_s", ToJson(a.raw_bytes_per_s)},
+                            {"exchange_bytes_per_s", ToJson(a.exchange_bytes_per_s)},
+                            {"dispatcher_bytes_per_s", ToJson(a.dispatcher_bytes_per_s)},
+                            {"exchange_over_raw", ToJson(a.exchange_over_raw)},
+                            {"dispatcher_over_raw", ToJson(a.dispatcher_over_raw)},
+                            {"raw_alloc_over_raw", ToJson(a.raw_alloc_over_raw)},
+                            {"counts_exchange_s", ToJson(a.counts_exchange_s)}};
+  }
+  report["memory"] = {{"peak_rss_bytes", ctx.MaxOverRanks(static_cast<double>(PeakResidentBytes()))}};
+  report["machine"]["load_avg_1m_end"] = LoadAverage();
+  auto med = [&](const char* a, const char* b) -> Json {
+    return report.contains(a) && report[a].contains(b) ? report[a][b]["median"] : Json();
+  };
+  auto at_least = [](const Json& v, double t) -> Json { return v.is_null() ? Json() : Json(v.get<double>() >= t); };
+  report["targets"] = {
+      {"mfu_at_least_0.5", at_least(med("train", "mfu"), 0.5)},
+      {"moe_at_most_1.3x_dense", med("moe_vs_dense", "moe_over_dense").is_null()
+                                     ? Json()
+                                     : Json(med("moe_vs_dense", "moe_over_dense").get<double>() <= 1.3)},
+      {"at_least_2x_transformers", at_least(med("hf", "ours_over_hf"), 2.0)},
+      {"all_to_all_at_least_0.9_raw", at_least(med("all_to_all", "exchange_over_raw"), 0.9)}};
+  if (root) {
+    PrintTable(report);
+    std::printf("%s\n", report.dump(2).c_str());
+    std::fflush(stdout);
+    if (!o.json_out.empty()) {
+      std::ofstream out(o.json_out);
+      out << report.dump(2) << "\n";
+      if (!out) return absl::PermissionDeniedError(absl::StrCat("--json_out ", o.json_out, ": cannot write"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace hybridmoe
+
+int main(int argc, char** argv) {
+  using namespace hybridmoe;
+  const std::vector<FlagSpec> specs = {
+      {"config", "text-format TrainConfig (default configs/bench.textproto)"},
+      {"override", "text-format TrainConfig merged on top (repeatable)", false, true},
+      {"threads", "intra-op threads per rank (default parallel.num_threads, else cores / ranks on the node)"},
+      {"rounds", "alternating measurement rounds per comparison (default 5)"},
+      {"warmup", "warm-up steps before measuring (default 1)"},
+      {"sections", std::string("comma-separated subset of ") + kAllSections + " (default all)"},
+      {"hf", "transformers side-by-side: auto (when exportable and found), on (failure is an error), off"},
+      {"hf_python", "Python with torch + transformers (default $HYBRIDMOE_VENV/bin/python)"},
+      {"hf_script", "tools/hf_bench.py (default: next to this binary's runfiles)"},
+      {"convert_hf", "convert_hf binary (default: beside this binary)"},
+      {"expert_parallel_size", "experts sharded over this many ranks (default 0: all ranks, if E divides)"},
+      {"random_tokens", "uniform random tokens instead of the config's training data", true},
+      {"json_out", "also write the JSON report to this file"},
+      {"child_memory", "internal: train 3 steps with activation checkpointing 0/1 and print peak memory"},
+      {"help", "show this help", true},
+  };
+  auto cl = CommandLine::Parse(argc, argv, specs);
+  if (!cl.ok()) {
+    std::fprintf(stderr, "bench: %s\n", std::string(cl.status().message()).c_str());
+    return 2;
+  }
+  if (cl->GetBool("help")) {
+    std::fputs(CommandLine::Usage("bench", "Measures training throughput, MFU and ratios.", specs).c_str(), stdout);
+    return 0;
+  }
+  Options o;
+  o.config_path = cl->Get("config", "configs/bench.textproto");
+  o.overrides = cl->GetAll("override");
+  o.hf = cl->Get("hf", "auto");
+  o.random_tokens = cl->GetBool("random_tokens");
+  o.json_out = cl->Get("json_out");
+  for (const auto& s : absl::StrSplit(cl->Get("sections", kAllSections), ',', absl::SkipEmpty())) {
+    if (!absl::StrContains(absl::StrCat(",", kAllSections, ","), absl::StrCat(",", s, ","))) {
+      std::fprintf(stderr, "bench: --sections: unknown section '%s'; valid: %s\n", std::string(s).c_str(),
+                   kAllSections);
+      return 2;
+    }
+    o.sections.insert(std::string(s));
+  }
+  for (const auto& [flag, value] :
+       {std::pair<const char*, int*>{"threads", &o.threads}, {"rounds", &o.rounds}, {"warmup", &o.warmup}}) {
+    auto v = cl->GetInt(flag, *value);
+    if (!v.ok() || *v < (std::string(flag) == "threads" ? 0 : 1)) {
+      std::fprintf(stderr, "bench: --%s (%s) must be a positive integer\n", flag, cl->Get(flag).c_str());
+      return 2;
+    }
+    *value = static_cast<int>(*v);
+  }
+  if (o.hf != "auto" && o.hf != "on" && o.hf != "off") {
+    std::fprintf(stderr, "bench: --hf (%s) must be auto, on or off\n", o.hf.c_str());
+    return 2;
+  }
+  o.hf_paths = DefaultHfPaths();
+  if (cl->Has("hf_python")) o.hf_paths.python = cl->Get("hf_python");
+  if (cl->Has("hf_script")) o.hf_paths.script = cl->Get("hf_script");
+  if (cl->Has("convert_hf")) o.hf_paths.convert_hf = cl->Get("convert_hf");
+  auto config = LoadConfig(o.config_path, o.overrides);
+  if (!config.ok()) {
+    std::fprintf(stderr, "bench: %s\n", std::string(config.status().message()).c_str());
+    return 1;
+  }
+  if (cl->Has("child_memory")) {
+    return ChildMemory(*config, cl->Get("child_memory") == "1", std::max(1, o.threads), o.random_tokens);
+  }
+  // Expert parallelism over the whole launch unless --expert_parallel_size says otherwise.
+  const int world = LaunchWorldSize();
+  auto ep = cl->GetInt("expert_parallel_size", 0);
+  if (!ep.ok() || *ep < 0) {
+    std::fprintf(stderr, "bench: --expert_parallel_size (%s) must be 0 (all ranks) or a positive integer\n",
+                 cl->Get("expert_parallel_size").c_str());
+    return 2;
+  }
+  config->mutable_parallel()->set_expert_parallel_size(
+      *ep > 0 ? static_cast<int>(*ep) : (config->model().moe().num_experts() % world == 0 ? world : 1));
+  absl::Status s = ValidateConfig(*config, world, /*check_files=*/!o.random_tokens);
+  if (s.ok()) s = Run(o, *config);
+  if (!s.ok()) {
+    if (ParallelContext::IsRankZero()) std::fprintf(stderr, "bench: %s\n", std::string(s.message()).c_str());
+    std::fflush(stderr);
+    std::_Exit(1);
+  }
+  return 0;
+}

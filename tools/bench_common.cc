@@ -1,0 +1,153 @@
+#include "tools/bench_common.h"
+
+#include <algorithm>
+#include <cmath>
+#include <ctime>
+#include <fstream>
+#include <sstream>
+
+#include <ATen/core/grad_mode.h>
+
+#include "core/data.h"
+#include "models/accounting.h"
+
+namespace hybridmoe {
+
+double SecondsSince(BenchClock::time_point since) {
+  return std::chrono::duration<double>(BenchClock::now() - since).count();
+}
+
+Summary Summarize(std::vector<double> values) {
+  Summary s;
+  s.n = static_cast<int>(values.size());
+  if (values.empty()) return s;
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  s.median = n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
+  s.min = values.front();
+  s.max = values.back();
+  return s;
+}
+
+double ProcessCpuSeconds() {
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+MatmulPeak MeasureMatmulPeak(const std::vector<int64_t>& sizes, int reps) {
+  at::NoGradGuard no_grad;
+  MatmulPeak best;
+  const double threads = at::get_num_threads();
+  for (const int64_t n : sizes) {
+    const at::Tensor a = at::randn({n, n}), b = at::randn({n, n});
+    at::Tensor c = at::empty({n, n});
+    at::mm_out(c, a, b);
+    const double flops = 2.0 * n * n * n;
+    for (int r = 0; r < reps; ++r) {
+      const auto t0 = BenchClock::now();
+      const double c0 = ProcessCpuSeconds();
+      at::mm_out(c, a, b);
+      best.flops_per_cpu_s = std::max(best.flops_per_cpu_s, flops / ((ProcessCpuSeconds() - c0) / threads));
+      best.flops_per_s = std::max(best.flops_per_s, flops / SecondsSince(t0));
+    }
+  }
+  return best;
+}
+
+FlopCount CountFlops(const TrainConfig& config) {
+  const ModelAccount a = AccountModel(config, 1);
+  const ModelConfig& m = config.model();
+  const double full_attention = 4.0 * m.n_layers() * config.data().seq_len() * m.d_model();
+  const double causal_attention = full_attention * (config.data().seq_len() + 1) / (2.0 * config.data().seq_len());
+  FlopCount f;
+  f.per_token_train = static_cast<double>(a.flops_per_token_train);
+  f.per_token_train_causal = f.per_token_train - 3.0 * (full_attention - causal_attention);
+  return f;
+}
+
+int64_t PeakResidentBytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) {
+      std::istringstream fields(line.substr(6));
+      int64_t kb = 0;
+      fields >> kb;
+      return kb * 1024;
+    }
+  }
+  return 0;
+}
+
+absl::StatusOr<std::pair<at::Tensor, at::Tensor>> BenchBatch(const TrainConfig& config, int64_t batch, int64_t first,
+                                                             bool random_tokens) {
+  const int64_t S = config.data().seq_len(), V = config.model().vocab_size();
+  if (random_tokens) {
+    at::Generator gen = at::detail::createCPUGenerator(config.train().seed() + 7919 * static_cast<uint64_t>(first));
+    const at::Tensor ids = at::randint(V, {batch, S + 1}, gen, at::kLong);
+    return std::make_pair(ids.narrow(1, 0, S).contiguous(), ids.narrow(1, 1, S).contiguous());
+  }
+  auto loader = DataLoader::Create(config.data(), V, config.train().seed());
+  if (!loader.ok()) return loader.status();
+  auto b = (*loader)->TrainBatch(/*step=*/0, first + batch, first, batch);
+  if (!b.ok()) return b.status();
+  return std::make_pair(b->inputs, b->targets);
+}
+
+TrainStep::TrainStep(const TrainConfig& config, ParallelContext* ctx) : config_(config), ctx_(ctx) {
+  model = Transformer(TransformerOptionsFromConfig(config.model()));
+  if (ctx_ != nullptr) ctx_->ShardExperts(model);
+  model->reset_parameters(config.train().seed());
+  std::vector<std::pair<std::string, at::Tensor>> named;
+  for (const auto& item : model->named_parameters()) {
+    named.emplace_back(item.key(), item.value());
+    params.push_back(item.value());
+  }
+  AdamWOptions o;
+  o.beta1 = config.optim().beta1();
+  o.beta2 = config.optim().beta2();
+  o.eps = config.optim().eps();
+  o.weight_decay = config.optim().weight_decay();
+  optimizer = std::make_unique<AdamW>(named, o);
+}
+
+double TrainStep::ForwardBackward(const at::Tensor& inputs, const at::Tensor& targets) {
+  const auto t0 = BenchClock::now();
+  for (at::Tensor& p : params) p.mutable_grad().reset();
+  ModelOutput out = model(inputs, targets);
+  out.loss.backward();
+  last_loss = out.loss.item<double>();
+  last_lm_loss = out.lm_loss.item<double>();
+  return SecondsSince(t0);
+}
+
+double TrainStep::Update(double lr) {
+  const auto t0 = BenchClock::now();
+  const double clip = config_.optim().grad_clip();
+  if (ctx_ != nullptr) {
+    std::vector<double> losses = {last_loss, last_lm_loss};  // the trainer's per-step metric reduction
+    ctx_->SumOverRanks(losses);
+    ctx_->SyncGradients(model);
+    ctx_->ClipGradNorm(model, clip);
+  } else {
+    ClipGradNorm(params, clip);
+  }
+  optimizer->step(lr);
+  return SecondsSince(t0);
+}
+
+double TrainStep::Run(const at::Tensor& inputs, const at::Tensor& targets) {
+  const double c0 = ProcessCpuSeconds();
+  const double seconds = ForwardBackward(inputs, targets) + Update(config_.optim().lr());
+  last_cpu_seconds = ProcessCpuSeconds() - c0;
+  return seconds;
+}
+
+double TrainStep::GradNormSeconds(double* norm) {
+  const auto t0 = BenchClock::now();
+  *norm = ctx_ != nullptr ? ctx_->GradNorm(model) : GradNorm(params);
+  return SecondsSince(t0);
+}
+
+}  // namespace hybridmoe

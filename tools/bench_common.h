@@ -1,0 +1,90 @@
+// Shared pieces of tools/bench: statistics over repeated timings, the machine's fp32 matmul peak measured
+// in-process, FLOP accounting, resident memory, and one training step with the trainer's semantics.
+//
+// Every figure that tools/bench reports as a ratio is taken within one process, with the same intra-op
+// threads, interleaving the two sides round by round (A B A B ...), so that other load on the machine hits
+// both sides alike; the median over rounds is reported, and the spread (min, max) beside it.
+//
+// TrainStep reproduces tools/trainer.cc's step on a fixed batch: gradients reset, forward, backward,
+// gradient sync, global grad-norm clip, AdamW. With a ParallelContext it uses the context's collectives
+// (as the trainer does); without one (the 1-rank side of a 2-rank run) core/optim.h's ClipGradNorm.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "core/optim.h"
+#include "models/transformer.h"
+#include "parallel/context.h"
+#include "proto/config.pb.h"
+
+namespace hybridmoe {
+
+using BenchClock = std::chrono::steady_clock;
+double SecondsSince(BenchClock::time_point since);
+
+struct Summary {
+  double median = 0, min = 0, max = 0;
+  int n = 0;
+};
+Summary Summarize(std::vector<double> values);
+
+// Process CPU time (all threads) in seconds.
+double ProcessCpuSeconds();
+
+// Best fp32 GEMM rate of at::mm on n x n x n for n in `sizes`, at the current at::get_num_threads(), each
+// size timed `reps` times after one warm-up (best of the reps: the machine's own limit right now), per
+// second of wall time and per second of process CPU time divided by the thread count (the rate one fully
+// busy set of threads reaches, whatever else runs on the machine).
+struct MatmulPeak {
+  double flops_per_s = 0;
+  double flops_per_cpu_s = 0;
+};
+MatmulPeak MeasureMatmulPeak(const std::vector<int64_t>& sizes = {1024, 2048}, int reps = 3);
+
+// Model FLOPs per token for training (3x forward): models/accounting.h's PaLM convention (full attention)
+// and the causally halved variant (only keys at or before the query count).
+struct FlopCount {
+  double per_token_train = 0;
+  double per_token_train_causal = 0;
+};
+FlopCount CountFlops(const TrainConfig& config);
+
+// Peak resident memory of this process (VmHWM) in bytes; 0 if unknown.
+int64_t PeakResidentBytes();
+
+// A fixed batch of `batch` sequences: from the config's training data, or uniform random tokens.
+absl::StatusOr<std::pair<at::Tensor, at::Tensor>> BenchBatch(const TrainConfig& config, int64_t batch, int64_t first,
+                                                             bool random_tokens);
+
+class TrainStep {
+ public:
+  // Builds the model of `config` (experts sharded by `ctx` when given), initialised with train.seed.
+  TrainStep(const TrainConfig& config, ParallelContext* ctx);
+  // One full training step on (inputs, targets); returns its wall time in seconds (and its process CPU
+  // time in last_cpu_seconds).
+  double Run(const at::Tensor& inputs, const at::Tensor& targets);
+  // Forward + backward only (gradients left in place), no optimizer; returns seconds.
+  double ForwardBackward(const at::Tensor& inputs, const at::Tensor& targets);
+  // The rest of a step: loss reduction over ranks, gradient sync, clip, AdamW at `lr`; returns seconds.
+  double Update(double lr);
+
+  Transformer model{nullptr};
+  std::unique_ptr<AdamW> optimizer;
+  std::vector<at::Tensor> params;
+  // The trainer's global gradient norm (ParallelContext::GradNorm, or core/optim.h's GradNorm); seconds.
+  double GradNormSeconds(double* norm);
+
+  double last_loss = 0, last_lm_loss = 0, last_cpu_seconds = 0;
+
+ private:
+  TrainConfig config_;
+  ParallelContext* ctx_;
+};
+
+}  // namespace hybridmoe
