@@ -34,18 +34,9 @@ struct Summary {
 };
 Summary Summarize(std::vector<double> values);
 
-// Process CPU time (all threads) in seconds.
-double ProcessCpuSeconds();
-
-// Best fp32 GEMM rate of at::mm on n x n x n for n in `sizes`, at the current at::get_num_threads(), each
-// size timed `reps` times after one warm-up (best of the reps: the machine's own limit right now), per
-// second of wall time and per second of process CPU time divided by the thread count (the rate one fully
-// busy set of threads reaches, whatever else runs on the machine).
-struct MatmulPeak {
-  double flops_per_s = 0;
-  double flops_per_cpu_s = 0;
-};
-MatmulPeak MeasureMatmulPeak(const std::vector<int64_t>& sizes = {1024, 2048}, int reps = 3);
+// Best fp32 GEMM rate (FLOP/s) of at::mm on n x n x n for n in `sizes`, at the current at::get_num_threads(),
+// each size timed `reps` times after one warm-up (best of the reps: the machine's own limit right now).
+double MeasureMatmulPeak(const std::vector<int64_t>& sizes = {1024, 2048}, int reps = 3);
 
 // Model FLOPs per token for training (3x forward): models/accounting.h's PaLM convention (full attention)
 // and the causally halved variant (only keys at or before the query count).
@@ -66,8 +57,7 @@ class TrainStep {
  public:
   // Builds the model of `config` (experts sharded by `ctx` when given), initialised with train.seed.
   TrainStep(const TrainConfig& config, ParallelContext* ctx);
-  // One full training step on (inputs, targets); returns its wall time in seconds (and its process CPU
-  // time in last_cpu_seconds).
+  // One full training step on (inputs, targets); returns its wall time in seconds.
   double Run(const at::Tensor& inputs, const at::Tensor& targets);
   // Forward + backward only (gradients left in place), no optimizer; returns seconds.
   double ForwardBackward(const at::Tensor& inputs, const at::Tensor& targets);
@@ -80,7 +70,7 @@ class TrainStep {
   // The trainer's global gradient norm (ParallelContext::GradNorm, or core/optim.h's GradNorm); seconds.
   double GradNormSeconds(double* norm);
 
-  double last_loss = 0, last_lm_loss = 0, last_cpu_seconds = 0;
+  double last_loss = 0, last_lm_loss = 0;
 
  private:
   TrainConfig config_;
