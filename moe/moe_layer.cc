@@ -6,8 +6,32 @@ namespace hybridmoe {
 
 void RouterStats::reset() {
   if (counts_E.defined()) counts_E.zero_();
-  lb_loss_sum = z_loss_sum = entropy_sum = top1_prob_sum = 0;
+  if (sums_4.defined()) sums_4.zero_();
   tokens = dropped = forwards = 0;
+}
+
+void RouterStats::add(const Routing& r, const at::Tensor& lb_loss, const at::Tensor& z_loss, int64_t dropped_slots) {
+  at::NoGradGuard no_grad;
+  const at::Device device = r.probs_TE.device();
+  if (!counts_E.defined() || counts_E.device() != device) {
+    counts_E = counts_E.defined() ? counts_E.to(device) : at::zeros({r.probs_TE.size(1)}, r.experts_TK.options());
+  }
+  if (!sums_4.defined() || sums_4.device() != device) {
+    sums_4 = sums_4.defined() ? sums_4.to(device) : at::zeros({4}, r.probs_TE.options().dtype(at::kDouble));
+  }
+  counts_E += expert_counts(r.experts_TK, counts_E.size(0));
+  const at::Tensor entropy = -(r.probs_TE * at::log(r.probs_TE.clamp_min(1e-30))).sum();
+  const at::Tensor top1 = r.topk_probs_TK.select(1, 0).sum();
+  sums_4 += at::stack({lb_loss.detach().reshape({}), z_loss.detach().reshape({}), entropy, top1}).to(at::kDouble);
+  tokens += r.probs_TE.size(0);
+  dropped += dropped_slots;
+  forwards += 1;
+}
+
+std::vector<double> RouterStats::sums() const {
+  if (!sums_4.defined()) return {0, 0, 0, 0};
+  const at::Tensor host = sums_4.to(at::kCPU).contiguous();
+  return std::vector<double>(host.data_ptr<double>(), host.data_ptr<double>() + 4);
 }
 
 MoeLayerImpl::MoeLayerImpl(const MoeOptions& o, std::shared_ptr<TokenDispatcher> d) : options(o) {
@@ -59,18 +83,7 @@ MoeOutput MoeLayerImpl::forward(const at::Tensor& x_TD) {
   out.z_loss = router_z_loss(r.logits_TE);
 
   if (keep_router_logits) last_router_logits = r.logits_TE.detach();
-  if (collect_stats) {
-    at::NoGradGuard no_grad;
-    stats.counts_E += expert_counts(r.experts_TK, E).to(at::kCPU);
-    const at::Tensor log_p = at::log(r.probs_TE.clamp_min(1e-30));
-    stats.entropy_sum += -(r.probs_TE * log_p).sum().item<double>();
-    stats.top1_prob_sum += r.topk_probs_TK.select(1, 0).sum().item<double>();
-    stats.lb_loss_sum += out.lb_loss.item<double>();
-    stats.z_loss_sum += out.z_loss.item<double>();
-    stats.tokens += T;
-    stats.dropped += p.dropped;
-    stats.forwards += 1;
-  }
+  if (collect_stats) stats.add(r, out.lb_loss, out.z_loss, p.dropped);
   return out;
 }
 

@@ -41,17 +41,22 @@ struct MoeOutput {
   at::Tensor z_loss;   // scalar, unweighted
 };
 
-// Routing counters since the last reset (all on CPU, no grad).
+struct Routing;
+
+// Routing counters since the last reset (no grad). The tensor sums stay on the router's device and are
+// only read on the host when statistics are logged, so collecting them adds no device synchronisation.
 struct RouterStats {
-  at::Tensor counts_E;          // int64 [E]: slots routed to each expert (before capacity drops)
-  double lb_loss_sum = 0;       // sum over forwards of the layer's LB loss
-  double z_loss_sum = 0;
-  double entropy_sum = 0;       // sum over tokens of the router softmax entropy (nats)
-  double top1_prob_sum = 0;     // sum over tokens of the largest router probability
+  at::Tensor counts_E;  // int64 [E]: slots routed to each expert (before capacity drops)
+  at::Tensor sums_4;    // float64 [4]: sums over forwards of the LB loss and the z-loss, and over tokens of
+                        // the router softmax entropy (nats) and of the largest router probability
   int64_t tokens = 0;
   int64_t dropped = 0;
   int64_t forwards = 0;
   void reset();
+  // Adds one forward's routing (r over `tokens` tokens) and its unweighted losses.
+  void add(const Routing& r, const at::Tensor& lb_loss, const at::Tensor& z_loss, int64_t dropped_slots);
+  // Host values of sums_4 (one copy): {lb_loss_sum, z_loss_sum, entropy_sum, top1_prob_sum}.
+  std::vector<double> sums() const;
 };
 
 class MoeLayerImpl : public torch::nn::Module {

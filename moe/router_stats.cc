@@ -127,9 +127,9 @@ std::vector<double> PackRouterCounters(const std::vector<MoeLayer>& layers, int 
     const at::Tensor counts = s.counts_E.to(at::kCPU).to(at::kLong).contiguous();
     const int64_t* c = counts.data_ptr<int64_t>();
     for (int64_t e = 0; e < counts.numel(); ++e) packed.push_back(static_cast<double>(c[e]));
-    packed.insert(packed.end(), {s.lb_loss_sum, s.z_loss_sum, s.entropy_sum, s.top1_prob_sum,
-                                 static_cast<double>(s.tokens), static_cast<double>(s.dropped),
-                                 static_cast<double>(s.forwards)});
+    const std::vector<double> sums = s.sums();
+    packed.insert(packed.end(), {sums[0], sums[1], sums[2], sums[3], static_cast<double>(s.tokens),
+                                 static_cast<double>(s.dropped), static_cast<double>(s.forwards)});
     const DispatchCounters& d = layer->dispatcher->counters;
     const size_t received = packed.size();
     packed.resize(packed.size() + 2 * static_cast<size_t>(ep_size), 0.0);

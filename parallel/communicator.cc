@@ -55,6 +55,59 @@ std::string DescribeRanks(const std::vector<int>& world_ranks) {
   return absl::StrCat("ranks ", absl::StrJoin(world_ranks, ", "));
 }
 
+void CheckBlocksTile(const BlocksPerPeer& blocks_P, int P, int64_t n, std::string_view what, const char* role) {
+  TORCH_CHECK(static_cast<int>(blocks_P.size()) == P, what, ": expected ", role, " blocks for ", P, " ranks, got ",
+              blocks_P.size());
+  std::vector<std::pair<int64_t, int64_t>> ranges;  // (offset, rows) of the non-empty blocks
+  for (const std::vector<RowBlock>& blocks : blocks_P) {
+    for (const RowBlock& b : blocks) {
+      TORCH_CHECK(b.rows >= 0 && b.offset >= 0 && b.offset + b.rows <= n, what, ": ", role, " block [", b.offset,
+                  ", ", b.offset + b.rows, ") is outside the ", n, " rows");
+      if (b.rows > 0) ranges.emplace_back(b.offset, b.rows);
+    }
+  }
+  std::sort(ranges.begin(), ranges.end());
+  int64_t next = 0;
+  for (const auto& [offset, rows] : ranges) {
+    TORCH_CHECK(offset == next, what, ": ", role, " blocks do not tile the ", n, " rows (row ", std::min(offset, next),
+                offset > next ? " is in no block)" : " is in two blocks)");
+    next = offset + rows;
+  }
+  TORCH_CHECK(next == n, what, ": ", role, " blocks cover ", next, " of the ", n, " rows");
+}
+
+at::Tensor Communicator::AllToAllBlocks(const at::Tensor& x_ND, const BlocksPerPeer& send_P,
+                                        const BlocksPerPeer& recv_P, int64_t out_rows, std::string_view what) {
+  const int P = size();
+  TORCH_CHECK(x_ND.dim() >= 1, what, ": rows need a tensor with at least one dimension");
+  CheckBlocksTile(send_P, P, x_ND.size(0), what, "send");
+  CheckBlocksTile(recv_P, P, out_rows, what, "receive");
+  // Row order of the packed (one contiguous run per peer) layout on each side.
+  auto packed_order = [](const BlocksPerPeer& blocks_P, std::vector<int64_t>& rows_P) {
+    std::vector<int64_t> order;
+    bool identity = true;
+    for (const std::vector<RowBlock>& blocks : blocks_P) {
+      rows_P.push_back(0);
+      for (const RowBlock& b : blocks) {
+        for (int64_t r = b.offset; r < b.offset + b.rows; ++r) {
+          identity = identity && r == static_cast<int64_t>(order.size());
+          order.push_back(r);
+        }
+        rows_P.back() += b.rows;
+      }
+    }
+    return identity ? at::Tensor() : at::tensor(order, at::TensorOptions().dtype(at::kLong));
+  };
+  std::vector<int64_t> send_rows_P, recv_rows_P;
+  const at::Tensor send_order = packed_order(send_P, send_rows_P);
+  const at::Tensor recv_order = packed_order(recv_P, recv_rows_P);
+  const at::Tensor packed =
+      send_order.defined() ? x_ND.index_select(0, send_order.to(x_ND.device())) : x_ND;
+  const at::Tensor received = AllToAll(packed, send_rows_P, recv_rows_P, what);
+  if (!recv_order.defined()) return received;
+  return at::empty_like(received).index_copy_(0, recv_order.to(received.device()), received);
+}
+
 at::Tensor SelfCommunicator::AllToAll(const at::Tensor& x_ND, const std::vector<int64_t>& send_rows_P,
                                       const std::vector<int64_t>& recv_rows_P, std::string_view what) {
   TORCH_CHECK(send_rows_P.size() == 1 && recv_rows_P.size() == 1 && send_rows_P[0] == recv_rows_P[0] &&
@@ -179,23 +232,54 @@ void MpiCommunicator::TimedOut(std::string_view what, std::vector<int> silent) {
   Fail(what, problem);
 }
 
+namespace {
+
+BlocksPerPeer OneBlockPerPeer(const std::vector<int64_t>& rows_P) {
+  BlocksPerPeer blocks(rows_P.size());
+  int64_t offset = 0;
+  for (size_t p = 0; p < rows_P.size(); ++p) {
+    blocks[p].push_back({offset, rows_P[p]});
+    offset += rows_P[p];
+  }
+  return blocks;
+}
+
+int64_t RowBytes(const at::Tensor& x) {
+  int64_t row_bytes = static_cast<int64_t>(x.element_size());
+  for (int64_t d = 1; d < x.dim(); ++d) row_bytes *= x.size(d);
+  return row_bytes;
+}
+
+}  // namespace
+
 at::Tensor MpiCommunicator::AllToAll(const at::Tensor& x_ND, const std::vector<int64_t>& send_rows_P,
                                      const std::vector<int64_t>& recv_rows_P, std::string_view what) {
-  TORCH_CHECK(x_ND.device().is_cpu(), what, ": MpiCommunicator needs CPU tensors, got ", x_ND.device());
   TORCH_CHECK(static_cast<int>(send_rows_P.size()) == size_ && static_cast<int>(recv_rows_P.size()) == size_,
               what, ": expected ", size_, " send and receive counts, got ", send_rows_P.size(), " and ",
               recv_rows_P.size());
-  const std::vector<int64_t> send_off = Offsets(send_rows_P), recv_off = Offsets(recv_rows_P);
-  TORCH_CHECK(x_ND.dim() >= 1 && send_off.back() == x_ND.size(0), what, ": send counts sum to ", send_off.back(),
-              " but the tensor has ", x_ND.dim() >= 1 ? x_ND.size(0) : 0, " rows");
+  const int64_t out_rows = std::accumulate(recv_rows_P.begin(), recv_rows_P.end(), int64_t{0});
+  return AllToAllBlocks(x_ND, OneBlockPerPeer(send_rows_P), OneBlockPerPeer(recv_rows_P), out_rows, what);
+}
+
+at::Tensor MpiCommunicator::AllToAllBlocks(const at::Tensor& x_ND, const BlocksPerPeer& send_P,
+                                           const BlocksPerPeer& recv_P, int64_t out_rows, std::string_view what) {
+  TORCH_CHECK(x_ND.device().is_cpu(), what, ": MpiCommunicator needs CPU tensors, got ", x_ND.device());
+  TORCH_CHECK(x_ND.dim() >= 1, what, ": rows need a tensor with at least one dimension");
+  CheckBlocksTile(send_P, size_, x_ND.size(0), what, "send");
+  CheckBlocksTile(recv_P, size_, out_rows, what, "receive");
+  const std::vector<RowBlock>& mine_out = send_P[rank_];
+  const std::vector<RowBlock>& mine_in = recv_P[rank_];
+  TORCH_CHECK(mine_out.size() == mine_in.size(), what, ": this rank sends itself ", mine_out.size(),
+              " blocks but expects ", mine_in.size());
+  for (size_t k = 0; k < mine_out.size(); ++k) {
+    TORCH_CHECK(mine_out[k].rows == mine_in[k].rows, what, ": block ", k, " this rank sends itself has ",
+                mine_out[k].rows, " rows but ", mine_in[k].rows, " are expected");
+  }
   const at::Tensor x = x_ND.contiguous();
   std::vector<int64_t> shape = x.sizes().vec();
-  shape[0] = recv_off.back();
-  at::Tensor out = at::empty(shape, x.options());
-  TORCH_CHECK(send_rows_P[rank_] == recv_rows_P[rank_], what, ": this rank sends itself ", send_rows_P[rank_],
-              " rows but expects ", recv_rows_P[rank_]);
-  int64_t row_bytes = static_cast<int64_t>(x.element_size());
-  for (size_t d = 1; d < shape.size(); ++d) row_bytes *= shape[d];
+  shape[0] = out_rows;
+  at::Tensor out = ReceiveBuffer(shape, x.options());
+  const int64_t row_bytes = RowBytes(x);
   if (row_bytes == 0) return out;
   TORCH_CHECK(row_bytes < kChunkBytes, what, ": rows of ", row_bytes, " bytes are too large");
   MPI_Datatype row;
@@ -203,29 +287,63 @@ at::Tensor MpiCommunicator::AllToAll(const at::Tensor& x_ND, const std::vector<i
   MPI_Type_commit(&row);
   const char* src = static_cast<const char*>(x.data_ptr());
   char* dst = static_cast<char*>(out.data_ptr());
+  // One message per non-empty block; messages between two ranks arrive in the order they were posted, and
+  // both sides skip the same empty blocks, so block k meets block k.
   std::vector<MPI_Request> requests;
   std::vector<int> peer_of;
-  requests.reserve(2 * size_);
   for (int i = 1; i < size_; ++i) {
     const int p = (rank_ + i) % size_;  // staggered so that not everyone sends to rank 0 first
-    requests.emplace_back();
-    peer_of.push_back(p);
-    MPI_Irecv(dst + recv_off[p] * row_bytes, static_cast<int>(recv_rows_P[p]), row, p, kAllToAllTag, comm_,
-              &requests.back());
+    for (const RowBlock& b : recv_P[p]) {
+      if (b.rows == 0) continue;
+      requests.emplace_back();
+      peer_of.push_back(p);
+      MPI_Irecv(dst + b.offset * row_bytes, static_cast<int>(b.rows), row, p, kAllToAllTag, comm_, &requests.back());
+    }
   }
   for (int i = 1; i < size_; ++i) {
     const int p = (rank_ + size_ - i) % size_;
-    requests.emplace_back();
-    peer_of.push_back(-1);
-    MPI_Isend(src + send_off[p] * row_bytes, static_cast<int>(send_rows_P[p]), row, p, kAllToAllTag, comm_,
-              &requests.back());
+    for (const RowBlock& b : send_P[p]) {
+      if (b.rows == 0) continue;
+      requests.emplace_back();
+      peer_of.push_back(-1);
+      MPI_Isend(src + b.offset * row_bytes, static_cast<int>(b.rows), row, p, kAllToAllTag, comm_, &requests.back());
+    }
   }
-  if (send_rows_P[rank_] > 0) {
-    std::memcpy(dst + recv_off[rank_] * row_bytes, src + send_off[rank_] * row_bytes, send_rows_P[rank_] * row_bytes);
+  for (size_t k = 0; k < mine_out.size(); ++k) {
+    if (mine_out[k].rows == 0) continue;
+    std::memcpy(dst + mine_in[k].offset * row_bytes, src + mine_out[k].offset * row_bytes,
+                mine_out[k].rows * row_bytes);
   }
   Wait(requests, peer_of, what);
   MPI_Type_free(&row);
   return out;
+}
+
+at::Tensor MpiCommunicator::ReceiveBuffer(const std::vector<int64_t>& shape, const at::TensorOptions& options) {
+  int64_t bytes = static_cast<int64_t>(options.dtype().itemsize());
+  for (int64_t d : shape) bytes *= d;
+  // A buffer is free when the pool holds the only reference to its storage. Take the smallest free one
+  // that fits without wasting more than half of it.
+  at::Tensor* best = nullptr;
+  for (at::Tensor& b : receive_pool_) {
+    const int64_t size = b.numel();
+    if (b.storage().use_count() == 1 && size >= bytes && size <= 2 * bytes + (int64_t{1} << 16) &&
+        (best == nullptr || size < best->numel())) {
+      best = &b;
+    }
+  }
+  if (best == nullptr) {
+    if (receive_pool_.size() >= kReceivePoolSize) {  // forget a free buffer (memory goes back on its last use)
+      auto free_it = std::find_if(receive_pool_.begin(), receive_pool_.end(),
+                                  [](const at::Tensor& b) { return b.storage().use_count() == 1; });
+      receive_pool_.erase(free_it != receive_pool_.end() ? free_it : receive_pool_.begin());
+    }
+    receive_pool_.push_back(at::empty({std::max<int64_t>(bytes, 1)}, at::TensorOptions().dtype(at::kByte)));
+    best = &receive_pool_.back();
+  }
+  std::vector<int64_t> strides(shape.size(), 1);
+  for (int64_t d = static_cast<int64_t>(shape.size()) - 2; d >= 0; --d) strides[d] = strides[d + 1] * shape[d + 1];
+  return at::empty({0}, options).set_(best->storage(), 0, shape, strides);
 }
 
 std::vector<int64_t> MpiCommunicator::AllToAllCounts(const std::vector<int64_t>& send_PN, std::string_view what) {

@@ -13,15 +13,16 @@ namespace {
 
 struct ExchangeState : torch::CustomClassHolder {
   std::shared_ptr<Communicator> comm;
-  std::vector<int64_t> send_P, recv_P;
+  BlocksPerPeer send_P, recv_P;
+  int64_t in_rows = 0, out_rows = 0;
   std::string what;
   std::function<void(double)> add_seconds;
 };
 
-at::Tensor TimedAllToAll(const ExchangeState& s, const at::Tensor& x, const std::vector<int64_t>& send,
-                         const std::vector<int64_t>& recv, const std::string& what) {
+at::Tensor TimedExchange(const ExchangeState& s, const at::Tensor& x, const BlocksPerPeer& send,
+                         const BlocksPerPeer& recv, int64_t out_rows, const std::string& what) {
   const auto start = std::chrono::steady_clock::now();
-  at::Tensor out = s.comm->AllToAll(x, send, recv, what);
+  at::Tensor out = s.comm->AllToAllBlocks(x, send, recv, out_rows, what);
   if (s.add_seconds) s.add_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   return out;
 }
@@ -30,7 +31,8 @@ class ExchangeFunction : public torch::autograd::Function<ExchangeFunction> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
                             c10::intrusive_ptr<ExchangeState> state) {
-    at::Tensor out = TimedAllToAll(*state, x, state->send_P, state->recv_P, state->what);
+    state->in_rows = x.size(0);
+    at::Tensor out = TimedExchange(*state, x, state->send_P, state->recv_P, state->out_rows, state->what);
     ctx->saved_data["state"] = c10::IValue::make_capsule(std::move(state));
     return out;
   }
@@ -39,24 +41,43 @@ class ExchangeFunction : public torch::autograd::Function<ExchangeFunction> {
                                                  torch::autograd::variable_list grads) {
     const auto state = c10::static_intrusive_pointer_cast<ExchangeState>(ctx->saved_data["state"].toCapsule());
     // Undefined output gradients arrive as zeros (materialised), so every rank exchanges.
-    at::Tensor grad_x = TimedAllToAll(*state, grads[0].contiguous(), state->recv_P, state->send_P,
+    at::Tensor grad_x = TimedExchange(*state, grads[0].contiguous(), state->recv_P, state->send_P, state->in_rows,
                                       "backward of " + state->what);
     return {grad_x, at::Tensor()};
   }
 };
 
+BlocksPerPeer ContiguousBlocks(const std::vector<int64_t>& rows_P) {
+  BlocksPerPeer blocks(rows_P.size());
+  int64_t offset = 0;
+  for (size_t p = 0; p < rows_P.size(); ++p) {
+    blocks[p].push_back({offset, rows_P[p]});
+    offset += rows_P[p];
+  }
+  return blocks;
+}
+
 }  // namespace
+
+at::Tensor ExchangeBlocks(const at::Tensor& x_ND, BlocksPerPeer send_P, BlocksPerPeer recv_P, int64_t out_rows,
+                          std::shared_ptr<Communicator> comm, const std::string& what,
+                          std::function<void(double)> add_seconds) {
+  auto state = c10::make_intrusive<ExchangeState>();
+  state->comm = std::move(comm);
+  state->send_P = std::move(send_P);
+  state->recv_P = std::move(recv_P);
+  state->out_rows = out_rows;
+  state->what = what;
+  state->add_seconds = std::move(add_seconds);
+  return ExchangeFunction::apply(x_ND, std::move(state));
+}
 
 at::Tensor ExchangeRows(const at::Tensor& x_ND, const std::vector<int64_t>& send_rows_P,
                         const std::vector<int64_t>& recv_rows_P, std::shared_ptr<Communicator> comm,
                         const std::string& what, std::function<void(double)> add_seconds) {
-  auto state = c10::make_intrusive<ExchangeState>();
-  state->comm = std::move(comm);
-  state->send_P = send_rows_P;
-  state->recv_P = recv_rows_P;
-  state->what = what;
-  state->add_seconds = std::move(add_seconds);
-  return ExchangeFunction::apply(x_ND, std::move(state));
+  const int64_t out_rows = std::accumulate(recv_rows_P.begin(), recv_rows_P.end(), int64_t{0});
+  return ExchangeBlocks(x_ND, ContiguousBlocks(send_rows_P), ContiguousBlocks(recv_rows_P), out_rows,
+                        std::move(comm), what, std::move(add_seconds));
 }
 
 AllToAllDispatcher::AllToAllDispatcher(std::shared_ptr<Communicator> ep, int64_t num_experts, int64_t layer)
@@ -91,57 +112,49 @@ at::Tensor AllToAllDispatcher::dispatch(const at::Tensor& x_SD, const std::vecto
   const std::vector<int64_t> recv_PL = ep_->AllToAllCounts(counts_E, Label("exchange of expert counts"));
   counters.exchange_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
-  sent_P_.assign(P, 0);
-  received_P_.assign(P, 0);
+  // Rows of expert p*L + l: a block of x_SD (grouped by global expert) sent to peer p, received into local
+  // expert l's region at the place of peer p (grouped by local expert, then by source rank). No regrouping
+  // copy: the exchange writes every block where the experts want it.
+  std::vector<int64_t> expert_start(P * L + 1, 0);
+  std::partial_sum(counts_E.begin(), counts_E.end(), expert_start.begin() + 1);
+  local_counts.assign(L, 0);
+  for (int p = 0; p < P; ++p) {
+    for (int64_t l = 0; l < L; ++l) local_counts[l] += recv_PL[p * L + l];
+  }
+  std::vector<int64_t> next_row_L(L, 0);  // where the next peer's rows for local expert l go
+  for (int64_t l = 1; l < L; ++l) next_row_L[l] = next_row_L[l - 1] + local_counts[l - 1];
+  const int64_t R = L == 0 ? 0 : next_row_L[L - 1] + local_counts[L - 1];
+  send_P_.assign(P, {});
+  recv_P_.assign(P, {});
   for (int p = 0; p < P; ++p) {
     for (int64_t l = 0; l < L; ++l) {
-      sent_P_[p] += counts_E[p * L + l];
-      received_P_[p] += recv_PL[p * L + l];
+      const int64_t e = p * L + l;
+      send_P_[p].push_back({expert_start[e], counts_E[e]});
+      recv_P_[p].push_back({next_row_L[l], recv_PL[e]});
+      next_row_L[l] += recv_PL[e];
+      if (p != me) counters.rows_sent += counts_E[e];
     }
   }
-  const at::Tensor by_peer =
-      ExchangeRows(x_SD, sent_P_, received_P_, ep_, Label("all-to-all (dispatch)"), Timer());
-
-  // Regroup: the by-peer layout is (p, l) blocks; experts want (l, p).
-  std::vector<int64_t> block_start(P * L + 1, 0);
-  std::partial_sum(recv_PL.begin(), recv_PL.end(), block_start.begin() + 1);
-  const int64_t R = block_start.back();
-  std::vector<int64_t> group(R), ungroup(R);
-  local_counts.assign(L, 0);
-  int64_t i = 0;
-  for (int64_t l = 0; l < L; ++l) {
-    for (int p = 0; p < P; ++p) {
-      const int64_t b = p * L + l;
-      local_counts[l] += recv_PL[b];
-      for (int64_t r = block_start[b]; r < block_start[b + 1]; ++r, ++i) {
-        group[i] = r;
-        ungroup[r] = i;
-      }
-    }
-  }
-  const auto index_options = at::TensorOptions().dtype(at::kLong);
-  const at::Tensor group_R = at::tensor(group, index_options).to(x_SD.device());
-  ungroup_R_ = at::tensor(ungroup, index_options).to(x_SD.device());
-
+  slots_ = x_SD.size(0);
   counters.rows_received += R;
-  for (int p = 0; p < P; ++p) counters.rows_sent += p == me ? 0 : sent_P_[p];
-  at::Tensor out = by_peer.index_select(0, group_R);
+  at::Tensor out = ExchangeBlocks(x_SD, send_P_, recv_P_, R, ep_, Label("all-to-all (dispatch)"), Timer());
   dispatched_ = out.requires_grad() ? out : at::Tensor();
   return out;
 }
 
 at::Tensor AllToAllDispatcher::combine(const at::Tensor& y_RD) {
-  TORCH_CHECK(ungroup_R_.defined(), "combine() called without a dispatch()");
-  TORCH_CHECK(y_RD.size(0) == ungroup_R_.size(0), "combine: expected ", ungroup_R_.size(0), " expert output rows, got ",
-              y_RD.size(0));
+  TORCH_CHECK(!recv_P_.empty(), "combine() called without a dispatch()");
+  int64_t R = 0;
+  for (const std::vector<RowBlock>& blocks : recv_P_) {
+    for (const RowBlock& b : blocks) R += b.rows;
+  }
+  TORCH_CHECK(y_RD.size(0) == R, "combine: expected ", R, " expert output rows, got ", y_RD.size(0));
   at::Tensor y = y_RD;
   // Experts that got no rows return a tensor outside the graph; keep it connected so that this rank's
   // backward still runs both reverse exchanges that its peers run.
   if (dispatched_.defined() && !y.requires_grad()) y = y + dispatched_.sum() * 0;
   dispatched_ = at::Tensor();
-  const at::Tensor by_peer = y.index_select(0, ungroup_R_);
-  at::Tensor out = ExchangeRows(by_peer, received_P_, sent_P_, ep_, Label("all-to-all (combine)"), Timer());
-  return out;
+  return ExchangeBlocks(y, recv_P_, send_P_, slots_, ep_, Label("all-to-all (combine)"), Timer());
 }
 
 }  // namespace hybridmoe

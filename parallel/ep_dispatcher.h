@@ -5,9 +5,10 @@
 // dispatch(x_SD, counts_E): x_SD is grouped by global expert; the rows of expert e go to ep rank e / L, so
 // peer p gets the contiguous rows of experts [p*L, (p+1)*L). Per-(peer, local expert) counts are exchanged
 // first (every rank, every call, even with zero rows), then the rows (an autograd function whose backward
-// is the reverse exchange). Received rows arrive by source rank; they are regrouped by LOCAL expert for
-// GroupedExperts (local_counts[l] = rows for local expert l from all peers). combine(y_RD) undoes the
-// regrouping and sends the expert outputs back: the result is in x_SD's layout.
+// is the reverse exchange). Each (peer, local expert) block is received straight into its place in the
+// layout GroupedExperts wants: by LOCAL expert, then by source rank (local_counts[l] = rows for local
+// expert l from all peers), so no regrouping copy is made. combine(y_RD) sends the expert outputs back
+// block by block into x_SD's layout.
 // Gradients: the backward exchange delivers every EP peer's output gradient to the owning rank, so an
 // expert's gradient on its rank is the sum over the EP group's micro-batches.
 // Counters: exchange_seconds (forward and backward exchanges, including the counts), rows_received (R),
@@ -33,6 +34,12 @@ at::Tensor ExchangeRows(const at::Tensor& x_ND, const std::vector<int64_t>& send
                         const std::vector<int64_t>& recv_rows_P, std::shared_ptr<Communicator> comm,
                         const std::string& what, std::function<void(double)> add_seconds = {});
 
+// The block form (Communicator::AllToAllBlocks): block k of send_P[p] goes to block k of peer p's
+// recv_P[this rank]; the result has out_rows rows. Backward sends the gradient blocks back.
+at::Tensor ExchangeBlocks(const at::Tensor& x_ND, BlocksPerPeer send_P, BlocksPerPeer recv_P, int64_t out_rows,
+                          std::shared_ptr<Communicator> comm, const std::string& what,
+                          std::function<void(double)> add_seconds = {});
+
 // Create with std::make_shared: backward exchanges then reach the counters through a weak pointer (any other
 // owner must keep the dispatcher alive until backward has run).
 class AllToAllDispatcher : public TokenDispatcher, public std::enable_shared_from_this<AllToAllDispatcher> {
@@ -53,8 +60,8 @@ class AllToAllDispatcher : public TokenDispatcher, public std::enable_shared_fro
   std::function<void(double)> Timer();  // adds an exchange's seconds to counters
 
   // State of the last dispatch(), used by combine().
-  std::vector<int64_t> sent_P_, received_P_;
-  at::Tensor ungroup_R_;   // int64: row i of the by-peer layout is row ungroup_R_[i] of the by-expert layout
+  BlocksPerPeer send_P_, recv_P_;  // blocks of x_SD sent to each peer / of the local rows received from it
+  int64_t slots_ = 0;               // x_SD's rows
   at::Tensor dispatched_;  // dispatch()'s output while it needs a gradient (see combine())
 };
 

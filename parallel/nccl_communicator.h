@@ -39,6 +39,12 @@ class NcclCommunicator : public Communicator {
 
   at::Tensor AllToAll(const at::Tensor& x_ND, const std::vector<int64_t>& send_rows_P,
                       const std::vector<int64_t>& recv_rows_P, std::string_view what) override;
+  // CUDA tensors: the blocks are packed on the device around one grouped ncclSend/ncclRecv exchange.
+  at::Tensor AllToAllBlocks(const at::Tensor& x_ND, const BlocksPerPeer& send_P, const BlocksPerPeer& recv_P,
+                            int64_t out_rows, std::string_view what) override {
+    if (!x_ND.is_cuda()) return mpi_->AllToAllBlocks(x_ND, send_P, recv_P, out_rows, what);
+    return Communicator::AllToAllBlocks(x_ND, send_P, recv_P, out_rows, what);
+  }
   std::vector<int64_t> AllToAllCounts(const std::vector<int64_t>& send_PN, std::string_view what) override {
     return mpi_->AllToAllCounts(send_PN, what);
   }

@@ -11,7 +11,6 @@
 // config, weights and batch (tools/bench_hf.h); activation checkpointing's speed and memory; 1-rank vs
 // N-rank tokens/s and the all-to-all against a raw MPI_Alltoallv (tools/bench_comm.h); peak resident
 // memory. Ratios are medians over rounds that alternate the two sides (tools/bench_common.h).
-#include <sched.h>
 
 #include <cstdio>
 #include <fstream>
@@ -25,6 +24,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "core/config.h"
+#include "core/host.h"
 #include "core/status.h"
 #include "tools/bench_comm.h"
 #include "tools/bench_common.h"
@@ -54,11 +54,6 @@ int LaunchWorldSize() {
     if (const char* v = std::getenv(var)) return std::max(1, std::atoi(v));
   }
   return 1;
-}
-
-int CpusAllowed() {
-  cpu_set_t set;
-  return sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 0;
 }
 
 absl::Status Run(const Options& o, TrainConfig config) {
@@ -253,7 +248,7 @@ absl::Status Run(const Options& o, TrainConfig config) {
       at::NoGradGuard no_grad;
       step.model(inputs, targets);
     }
-    const at::Tensor counts = layers[0]->stats.counts_E.contiguous();
+    const at::Tensor counts = layers[0]->stats.counts_E.to(at::kCPU).contiguous();
     const std::vector<int64_t> counts_E(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + counts.numel());
     const AllToAllBench a = MeasureAllToAll(ctx, *layers[0]->dispatcher, counts_E, m.d_model(), 3 * o.rounds, 50);
     // Load balance of layer 0 over the EP ranks: rows each rank's experts get, max over mean.

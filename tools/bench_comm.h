@@ -7,10 +7,12 @@
 // included, for both sides. Three ways of moving them are timed in alternating rounds, each round a
 // barrier then `iters` repetitions, the time of a round being the slowest rank's:
 //   raw        MPI_Alltoallv on the EP group's MPI communicator (MPI_FLOAT counts), into a reused buffer
-//   raw_alloc  the same into a new at::empty output per call (isolates the allocation's page faults)
+//   raw_alloc  the same into a new at::empty output per call (what a communicator that allocates its
+//              output per call would get; MpiCommunicator reuses receive buffers instead)
 //   exchange   Communicator::AllToAll (parallel/communicator.h), what the dispatcher calls per direction
-//   dispatcher AllToAllDispatcher::dispatch + combine without autograd: counts exchange, rows out, regroup,
-//              ungroup, rows back (two exchanges, so compared against two raw calls)
+//   dispatcher AllToAllDispatcher::dispatch + combine without autograd: counts exchange, rows out (each
+//              (peer, expert) block received in place, grouped by local expert), rows back (two exchanges,
+//              so compared against two raw calls)
 #pragma once
 
 #include <cstdint>
@@ -27,7 +29,7 @@ struct AllToAllBench {
   int64_t bytes_per_exchange = 0;  // this rank's send buffer
   Summary raw_bytes_per_s, exchange_bytes_per_s, dispatcher_bytes_per_s;
   Summary exchange_over_raw, dispatcher_over_raw;  // per-round ratios of bytes/s (1 = as fast as raw)
-  Summary raw_alloc_over_raw;  // raw into a freshly allocated output each call (what AllToAll must return)
+  Summary raw_alloc_over_raw;  // raw into a freshly allocated output each call
   Summary counts_exchange_s;   // one AllToAllCounts of the expert counts (dispatch's first step)
 };
 

@@ -113,19 +113,7 @@ MoeOutput MoeForward(MoeLayerImpl& m, const at::Tensor& x_TD, ForwardClock& cloc
   clock.Enter(Phase::kRouter);
   out.lb_loss = load_balance_loss(r.probs_TE, r.experts_TK);
   out.z_loss = router_z_loss(r.logits_TE);
-  if (m.collect_stats) {
-    at::NoGradGuard no_grad;
-    RouterStats& s = m.stats;
-    s.counts_E += expert_counts(r.experts_TK, E).to(at::kCPU);
-    const at::Tensor log_p = at::log(r.probs_TE.clamp_min(1e-30));
-    s.entropy_sum += -(r.probs_TE * log_p).sum().item<double>();
-    s.top1_prob_sum += r.topk_probs_TK.select(1, 0).sum().item<double>();
-    s.lb_loss_sum += out.lb_loss.item<double>();
-    s.z_loss_sum += out.z_loss.item<double>();
-    s.tokens += T;
-    s.dropped += p.dropped;
-    s.forwards += 1;
-  }
+  if (m.collect_stats) m.stats.add(r, out.lb_loss, out.z_loss, p.dropped);
   return out;
 }
 

@@ -1,6 +1,5 @@
 #include "tools/trainer.h"
 
-#include <sched.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -10,7 +9,6 @@
 #include <fstream>
 #include <set>
 #include <sstream>
-#include <thread>
 
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
@@ -20,6 +18,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "core/config.h"
+#include "core/host.h"
 #include "core/data.h"
 #include "core/metrics.h"
 #include "core/optim.h"
@@ -135,12 +134,7 @@ absl::StatusOr<double> Evaluate(Transformer& model, const DataLoader& data, cons
 int DefaultThreads(const TrainConfig& config, int local_ranks) {
   if (config.parallel().num_threads() > 0) return config.parallel().num_threads();
   // The CPUs this process may run on (a Slurm/cgroup allocation), not every CPU of the machine.
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  const int cores = sched_getaffinity(0, sizeof(set), &set) == 0
-                        ? std::max(1, CPU_COUNT(&set))
-                        : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  return std::max(1, cores / std::max(1, local_ranks));
+  return std::max(1, CpusAllowed() / std::max(1, local_ranks));
 }
 
 absl::Status Train(const TrainConfig& config, const TrainOptions& options, ParallelContext& ctx) {

@@ -57,6 +57,111 @@ TEST(Communicator, AllToAllIrregularAndZeroCounts) {
   }
 }
 
+// Block k of the rows `from` sends `to`: irregular sizes, some empty.
+int64_t BlockRows(int from, int to, int k) { return (from + 2 * to + k) % 3; }
+double BlockValue(int from, int to, int k, int64_t row, int64_t j) { return Value(from, to, row, j) + k * 0.25; }
+
+// Sends block k to peer p from a scattered place in x (peers in reverse order, blocks in reverse order) and
+// receives it grouped by block index first, then by source rank (the layout the EP dispatcher wants).
+// Checked for the in-place MPI exchange and for the base class's pack/unpack path.
+TEST(Communicator, AllToAllBlocksScatteredLayouts) {
+  auto world = MpiCommunicator::World(kTimeout);
+  const int P = world->size(), me = world->rank();
+  constexpr int kBlocks = 3;
+  constexpr int64_t D = 2;
+  BlocksPerPeer send(P), recv(P);
+  int64_t n = 0;
+  for (int p = P - 1; p >= 0; --p) {
+    for (int k = kBlocks - 1; k >= 0; --k) n += BlockRows(me, p, k);
+  }
+  at::Tensor x = at::empty({n, D}, at::kDouble);
+  int64_t offset = 0;
+  for (int p = P - 1; p >= 0; --p) {
+    send[p].resize(kBlocks);
+    for (int k = kBlocks - 1; k >= 0; --k) {
+      send[p][k] = {offset, BlockRows(me, p, k)};
+      for (int64_t i = 0; i < send[p][k].rows; ++i) {
+        for (int64_t j = 0; j < D; ++j) x[offset + i][j] = BlockValue(me, p, k, i, j);
+      }
+      offset += send[p][k].rows;
+    }
+  }
+  int64_t out_rows = 0;
+  for (int k = 0; k < kBlocks; ++k) {
+    for (int p = 0; p < P; ++p) {
+      recv[p].push_back({out_rows, BlockRows(p, me, k)});
+      out_rows += BlockRows(p, me, k);
+    }
+  }
+  const at::Tensor in_place = world->AllToAllBlocks(x, send, recv, out_rows, "test block all-to-all");
+  const at::Tensor packed = world->Communicator::AllToAllBlocks(x, send, recv, out_rows, "test packed all-to-all");
+  for (const at::Tensor& y : {in_place, packed}) {
+    ASSERT_EQ(y.sizes(), (std::vector<int64_t>{out_rows, D}));
+    for (int p = 0; p < P; ++p) {
+      for (int k = 0; k < kBlocks; ++k) {
+        for (int64_t i = 0; i < recv[p][k].rows; ++i) {
+          for (int64_t j = 0; j < D; ++j) {
+            EXPECT_EQ(y[recv[p][k].offset + i][j].item<double>(), BlockValue(p, me, k, i, j))
+                << "from " << p << " block " << k << " row " << i;
+          }
+        }
+      }
+    }
+  }
+}
+
+// Receive buffers are reused only once nothing refers to them: a live result keeps its rows.
+TEST(Communicator, AllToAllReusesOnlyFreeReceiveBuffers) {
+  auto world = MpiCommunicator::World(kTimeout);
+  const int P = world->size(), me = world->rank();
+  const std::vector<int64_t> rows(P, 3);
+  auto exchange = [&](double base) {
+    const at::Tensor x = at::full({3 * P, 4}, base + me, at::kFloat);
+    return world->AllToAll(x, rows, rows, "test reuse");
+  };
+  at::Tensor first = exchange(10);
+  const void* first_ptr = first.data_ptr();
+  at::Tensor view_of_first = first.narrow(0, 0, 3);
+  first = at::Tensor();  // a view still holds the storage
+  const at::Tensor second = exchange(20);
+  EXPECT_NE(second.data_ptr(), first_ptr);
+  for (int p = 0; p < P; ++p) {
+    EXPECT_EQ(second[3 * p][0].item<float>(), 20 + p);
+  }
+  EXPECT_EQ(view_of_first[0][0].item<float>(), 10);  // from rank 0, untouched by the second exchange
+  view_of_first = at::Tensor();
+  const at::Tensor third = exchange(30);
+  EXPECT_EQ(third.data_ptr(), first_ptr);  // free again: reused
+  EXPECT_EQ(third[3 * (P - 1)][3].item<float>(), 30 + P - 1);
+}
+
+TEST(Communicator, AllToAllBlocksMustTileTheRows) {
+  auto world = MpiCommunicator::World(kTimeout);
+  const int P = world->size();
+  const at::Tensor x = at::zeros({4, 2});
+  BlocksPerPeer ok(P), gap(P), overlap(P);
+  ok[0] = {{0, 4}};
+  gap[0] = {{0, 1}, {2, 2}};
+  overlap[0] = {{0, 3}, {2, 2}};
+  auto message = [&](const BlocksPerPeer& send) -> std::string {
+    try {
+      CheckBlocksTile(send, P, x.size(0), "test", "send");
+    } catch (const c10::Error& e) {
+      return e.what_without_backtrace();
+    }
+    return "";
+  };
+  EXPECT_EQ(message(ok), "");
+  EXPECT_NE(message(gap).find("send blocks do not tile the 4 rows (row 1 is in no block)"), std::string::npos)
+      << message(gap);
+  EXPECT_NE(message(overlap).find("send blocks do not tile the 4 rows (row 2 is in two blocks)"), std::string::npos)
+      << message(overlap);
+  EXPECT_NE(message(BlocksPerPeer(P + 1)).find("expected send blocks for"), std::string::npos);
+  BlocksPerPeer outside(P);
+  outside[0] = {{2, 5}};
+  EXPECT_NE(message(outside).find("send block [2, 7) is outside the 4 rows"), std::string::npos) << message(outside);
+}
+
 TEST(Communicator, AllToAllWithNothingToMove) {
   auto world = MpiCommunicator::World(kTimeout);
   const int P = world->size();
