@@ -55,6 +55,16 @@ std::string DescribeRanks(const std::vector<int>& world_ranks) {
   return absl::StrCat("ranks ", absl::StrJoin(world_ranks, ", "));
 }
 
+BlocksPerPeer ContiguousBlocks(const std::vector<int64_t>& rows_P) {
+  BlocksPerPeer blocks(rows_P.size());
+  int64_t offset = 0;
+  for (size_t p = 0; p < rows_P.size(); ++p) {
+    blocks[p].push_back({offset, rows_P[p]});
+    offset += rows_P[p];
+  }
+  return blocks;
+}
+
 void CheckBlocksTile(const BlocksPerPeer& blocks_P, int P, int64_t n, std::string_view what, const char* role) {
   TORCH_CHECK(static_cast<int>(blocks_P.size()) == P, what, ": expected ", role, " blocks for ", P, " ranks, got ",
               blocks_P.size());
@@ -234,16 +244,6 @@ void MpiCommunicator::TimedOut(std::string_view what, std::vector<int> silent) {
 
 namespace {
 
-BlocksPerPeer OneBlockPerPeer(const std::vector<int64_t>& rows_P) {
-  BlocksPerPeer blocks(rows_P.size());
-  int64_t offset = 0;
-  for (size_t p = 0; p < rows_P.size(); ++p) {
-    blocks[p].push_back({offset, rows_P[p]});
-    offset += rows_P[p];
-  }
-  return blocks;
-}
-
 int64_t RowBytes(const at::Tensor& x) {
   int64_t row_bytes = static_cast<int64_t>(x.element_size());
   for (int64_t d = 1; d < x.dim(); ++d) row_bytes *= x.size(d);
@@ -258,7 +258,7 @@ at::Tensor MpiCommunicator::AllToAll(const at::Tensor& x_ND, const std::vector<i
               what, ": expected ", size_, " send and receive counts, got ", send_rows_P.size(), " and ",
               recv_rows_P.size());
   const int64_t out_rows = std::accumulate(recv_rows_P.begin(), recv_rows_P.end(), int64_t{0});
-  return AllToAllBlocks(x_ND, OneBlockPerPeer(send_rows_P), OneBlockPerPeer(recv_rows_P), out_rows, what);
+  return AllToAllBlocks(x_ND, ContiguousBlocks(send_rows_P), ContiguousBlocks(recv_rows_P), out_rows, what);
 }
 
 at::Tensor MpiCommunicator::AllToAllBlocks(const at::Tensor& x_ND, const BlocksPerPeer& send_P,

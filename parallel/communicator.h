@@ -36,6 +36,9 @@ struct RowBlock {
 // For each group rank p, an ordered list of row blocks: blocks_P[p][k].
 using BlocksPerPeer = std::vector<std::vector<RowBlock>>;
 
+// One block per rank: rows_P[p] consecutive rows for each rank p in order.
+BlocksPerPeer ContiguousBlocks(const std::vector<int64_t>& rows_P);
+
 // Checks that `blocks_P` has one list per rank of a P-rank group and that its blocks tile rows [0, n) exactly
 // (every row in one block, empty blocks allowed). TORCH_CHECK error naming `what` and `role` otherwise.
 void CheckBlocksTile(const BlocksPerPeer& blocks_P, int P, int64_t n, std::string_view what, const char* role);

@@ -47,16 +47,6 @@ class ExchangeFunction : public torch::autograd::Function<ExchangeFunction> {
   }
 };
 
-BlocksPerPeer ContiguousBlocks(const std::vector<int64_t>& rows_P) {
-  BlocksPerPeer blocks(rows_P.size());
-  int64_t offset = 0;
-  for (size_t p = 0; p < rows_P.size(); ++p) {
-    blocks[p].push_back({offset, rows_P[p]});
-    offset += rows_P[p];
-  }
-  return blocks;
-}
-
 }  // namespace
 
 at::Tensor ExchangeBlocks(const at::Tensor& x_ND, BlocksPerPeer send_P, BlocksPerPeer recv_P, int64_t out_rows,

@@ -321,15 +321,10 @@ int main(int argc, char** argv) {
       {"child_memory", "internal: train 3 steps with activation checkpointing 0/1 and print peak memory"},
       {"help", "show this help", true},
   };
-  auto cl = CommandLine::Parse(argc, argv, specs);
-  if (!cl.ok()) {
-    std::fprintf(stderr, "bench: %s\n", std::string(cl.status().message()).c_str());
-    return 2;
-  }
-  if (cl->GetBool("help")) {
-    std::fputs(CommandLine::Usage("bench", "Measures training throughput, MFU and ratios.", specs).c_str(), stdout);
-    return 0;
-  }
+  int exit_code = 0;
+  auto cl = CommandLine::ParseOrExit(argc, argv, "bench", "Measures training throughput, MFU and ratios.", specs,
+                                     &exit_code);
+  if (!cl) return exit_code;
   Options o;
   o.config_path = cl->Get("config", "configs/bench.textproto");
   o.overrides = cl->GetAll("override");

@@ -314,16 +314,10 @@ int main(int argc, char** argv) {
       {"report_only", "train nothing; rebuild the report from DIR", true},
       {"help", "show this help", true},
   };
-  auto cl = CommandLine::Parse(argc, argv, specs);
-  if (!cl.ok()) {
-    std::fprintf(stderr, "compare_norms: %s\n", std::string(cl.status().message()).c_str());
-    return 2;
-  }
-  if (cl->GetBool("help")) {
-    std::fputs(CommandLine::Usage("compare_norms", "Trains one variant per norm strategy and compares them.", specs)
-                   .c_str(), stdout);
-    return 0;
-  }
+  int exit_code = 0;
+  auto cl = CommandLine::ParseOrExit(argc, argv, "compare_norms",
+                                     "Trains one variant per norm strategy and compares them.", specs, &exit_code);
+  if (!cl) return exit_code;
   auto fail = [](const std::string& msg, int code) {
     std::fprintf(stderr, "compare_norms: %s\n", msg.c_str());
     return code;

@@ -1,6 +1,6 @@
-// File and process helpers of tools/compare_norms: small whole-file reads and atomic writes, the
-// run-directory probe for a finished variant, and running one child process (a variant's `train`) with
-// its output appended to a log file.
+// Process helpers of tools/compare_norms (its file helpers are core/files.h): the run-directory probe for a
+// finished variant, and running one child process (a variant's `train`) with its output appended to a log
+// file.
 //
 // Child lifetime: the child dies with its parent (PR_SET_PDEATHSIG SIGKILL), and after
 // InstallSignalForwarding() a SIGINT/SIGTERM to the parent first sends SIGTERM to the running child, so an
@@ -13,14 +13,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/files.h"  // Exists, ReadFile, WriteFile, MakeDirs
 
 namespace hybridmoe {
-
-bool Exists(const std::string& path);
-std::string ReadFile(const std::string& path);  // empty when missing
-// Writes path.tmp, then renames it over path.
-absl::Status WriteFile(const std::string& path, const std::string& text);
-absl::Status MakeDirs(const std::string& path);  // mkdir -p
 
 // Whether run_dir holds a complete checkpoint (checkpoints/step_N with its MANIFEST.json, which is written
 // last) with N >= steps.

@@ -1,6 +1,5 @@
 #include "tools/trainer.h"
 
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -18,6 +17,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "core/config.h"
+#include "core/files.h"
 #include "core/host.h"
 #include "core/data.h"
 #include "core/metrics.h"
@@ -35,23 +35,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::time_point since) { return std::chrono::duration<double>(Clock::now() - since).count(); }
-
-absl::Status MakeDirs(const std::string& path) {
-  for (size_t i = 1; i <= path.size(); ++i) {
-    if (i == path.size() || path[i] == '/') {
-      const std::string partial = path.substr(0, i);
-      if (mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST) {
-        return absl::PermissionDeniedError(absl::StrCat("cannot create directory ", partial, ": ", strerror(errno)));
-      }
-    }
-  }
-  return absl::OkStatus();
-}
-
-bool Exists(const std::string& path) {
-  struct stat st;
-  return stat(path.c_str(), &st) == 0;
-}
 
 // Drops metrics.jsonl records of steps after `step` (they will be recomputed), atomically.
 absl::Status TruncateMetrics(const std::string& path, int64_t step) {
