@@ -322,28 +322,36 @@ at::Tensor MpiCommunicator::AllToAllBlocks(const at::Tensor& x_ND, const BlocksP
 at::Tensor MpiCommunicator::ReceiveBuffer(const std::vector<int64_t>& shape, const at::TensorOptions& options) {
   int64_t bytes = static_cast<int64_t>(options.dtype().itemsize());
   for (int64_t d : shape) bytes *= d;
-  // A buffer is free when the pool holds the only reference to its storage. Take the smallest free one
-  // that fits without wasting more than half of it.
-  at::Tensor* best = nullptr;
-  for (at::Tensor& b : receive_pool_) {
-    const int64_t size = b.numel();
-    if (b.storage().use_count() == 1 && size >= bytes && size <= 2 * bytes + (int64_t{1} << 16) &&
-        (best == nullptr || size < best->numel())) {
+  ++receive_calls_;
+  // A buffer is free when the pool holds the only reference to its storage. Free buffers not used for a
+  // while (sizes that routing no longer asks for) are dropped; the window grows with the pool, so a buffer
+  // that each step uses once (a few exchanges per MoE layer per step) stays.
+  const int64_t max_age = std::max<int64_t>(64, 4 * static_cast<int64_t>(receive_pool_.size()));
+  receive_pool_.erase(std::remove_if(receive_pool_.begin(), receive_pool_.end(),
+                                     [&](const PooledBuffer& b) {
+                                       return b.bytes.storage().use_count() == 1 &&
+                                              receive_calls_ - b.last_use > max_age;
+                                     }),
+                      receive_pool_.end());
+  // The smallest free buffer that fits without wasting more than half of it.
+  PooledBuffer* best = nullptr;
+  for (PooledBuffer& b : receive_pool_) {
+    const int64_t size = b.bytes.numel();
+    if (b.bytes.storage().use_count() == 1 && size >= bytes && size <= 2 * bytes + (int64_t{1} << 16) &&
+        (best == nullptr || size < best->bytes.numel())) {
       best = &b;
     }
   }
   if (best == nullptr) {
-    if (receive_pool_.size() >= kReceivePoolSize) {  // forget a free buffer (memory goes back on its last use)
-      auto free_it = std::find_if(receive_pool_.begin(), receive_pool_.end(),
-                                  [](const at::Tensor& b) { return b.storage().use_count() == 1; });
-      receive_pool_.erase(free_it != receive_pool_.end() ? free_it : receive_pool_.begin());
-    }
-    receive_pool_.push_back(at::empty({std::max<int64_t>(bytes, 1)}, at::TensorOptions().dtype(at::kByte)));
+    // 1/8 headroom (whole pages): the rows an expert receives change a little from step to step.
+    const int64_t padded = ((bytes + bytes / 8 + 4095) / 4096) * 4096;
+    receive_pool_.push_back({at::empty({std::max<int64_t>(padded, 1)}, at::TensorOptions().dtype(at::kByte)), 0});
     best = &receive_pool_.back();
   }
+  best->last_use = receive_calls_;
   std::vector<int64_t> strides(shape.size(), 1);
   for (int64_t d = static_cast<int64_t>(shape.size()) - 2; d >= 0; --d) strides[d] = strides[d + 1] * shape[d + 1];
-  return at::empty({0}, options).set_(best->storage(), 0, shape, strides);
+  return at::empty({0}, options).set_(best->bytes.storage(), 0, shape, strides);
 }
 
 std::vector<int64_t> MpiCommunicator::AllToAllCounts(const std::vector<int64_t>& send_PN, std::string_view what) {

@@ -136,14 +136,24 @@ class MpiCommunicator : public Communicator {
   // is stuck in the same operation answers when its own deadline expires).
   std::vector<int> ProbeUnresponsive(double grace_s);
   MPI_Comm comm() const { return comm_; }
+  // Bytes held by the pool of receive buffers (AllToAll outputs reused across calls).
+  int64_t receive_pool_bytes() const {
+    int64_t total = 0;
+    for (const PooledBuffer& b : receive_pool_) total += b.bytes.numel();
+    return total;
+  }
 
  private:
   // The output of AllToAllBlocks, from buffers reused across calls: a training step receives the same sizes
   // every step, and writing the rows into reused memory is what makes the exchange as fast as a raw
   // MPI_Alltoallv into a fixed buffer (tools/bench measures both; a fresh allocation per call ran at ~65 %).
   at::Tensor ReceiveBuffer(const std::vector<int64_t>& shape, const at::TensorOptions& options);
-  static constexpr size_t kReceivePoolSize = 64;
-  std::vector<at::Tensor> receive_pool_;  // uint8 buffers; free when the pool holds the only reference
+  struct PooledBuffer {
+    at::Tensor bytes;  // uint8; free when the pool holds the only reference to its storage
+    int64_t last_use = 0;
+  };
+  std::vector<PooledBuffer> receive_pool_;
+  int64_t receive_calls_ = 0;
 
   MPI_Comm comm_ = MPI_COMM_NULL, probe_comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1;

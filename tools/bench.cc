@@ -271,7 +271,8 @@ absl::Status Run(const Options& o, TrainConfig config) {
                             {"exchange_over_raw_best_vs_best", a.exchange_bytes_per_s.max / a.raw_bytes_per_s.max},
                             {"dispatcher_over_raw", ToJson(a.dispatcher_over_raw)},
                             {"raw_alloc_over_raw", ToJson(a.raw_alloc_over_raw)},
-                            {"counts_exchange_s", ToJson(a.counts_exchange_s)}};
+                            {"counts_exchange_s", ToJson(a.counts_exchange_s)},
+                            {"receive_pool_bytes_rank0", a.receive_pool_bytes}};
   }
   report["memory"] = {{"peak_rss_bytes", ctx.MaxOverRanks(static_cast<double>(PeakResidentBytes()))}};
   report["machine"]["load_avg_1m_end"] = LoadAverage();

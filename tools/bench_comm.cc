@@ -104,6 +104,7 @@ AllToAllBench MeasureAllToAll(ParallelContext& ctx, TokenDispatcher& dispatcher,
   b.dispatcher_over_raw = Summarize(disp_ratio);
   b.raw_alloc_over_raw = Summarize(alloc_ratio);
   b.counts_exchange_s = Summarize(counts_s);
+  if (auto* mpi = dynamic_cast<MpiCommunicator*>(ep.get())) b.receive_pool_bytes = mpi->receive_pool_bytes();
   return b;
 }
 

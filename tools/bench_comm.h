@@ -31,6 +31,7 @@ struct AllToAllBench {
   Summary exchange_over_raw, dispatcher_over_raw;  // per-round ratios of bytes/s (1 = as fast as raw)
   Summary raw_alloc_over_raw;  // raw into a freshly allocated output each call
   Summary counts_exchange_s;   // one AllToAllCounts of the expert counts (dispatch's first step)
+  int64_t receive_pool_bytes = 0;  // the EP group's reused receive buffers after the measurements (this rank)
 };
 
 AllToAllBench MeasureAllToAll(ParallelContext& ctx, TokenDispatcher& dispatcher, const std::vector<int64_t>& counts_E,

@@ -299,6 +299,8 @@ void PrintTable(const Json& j) {
     row("dispatch+combine / 2x raw", Pct(med(a["dispatcher_over_raw"])));
     row("raw into a fresh output / raw", Pct(med(a["raw_alloc_over_raw"])));
     row("expert-count exchange (ms)", absl::StrFormat("%.3f", 1e3 * med(a["counts_exchange_s"])));
+    row("reused receive buffers, rank 0 (MiB)",
+        absl::StrFormat("%.0f", a.value("receive_pool_bytes_rank0", 0.0) / (1024.0 * 1024.0)));
   }
   row("peak resident memory (max over ranks)", Bytes(j["memory"]["peak_rss_bytes"].get<double>()));
 }

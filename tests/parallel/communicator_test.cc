@@ -135,6 +135,22 @@ TEST(Communicator, AllToAllReusesOnlyFreeReceiveBuffers) {
   EXPECT_EQ(third[3 * (P - 1)][3].item<float>(), 30 + P - 1);
 }
 
+// Buffers of sizes no longer asked for are dropped after a while; the pool stays at what is in use.
+TEST(Communicator, ReceivePoolDropsStaleBuffers) {
+  auto world = MpiCommunicator::World(kTimeout);
+  const int P = world->size();
+  auto exchange = [&](int64_t rows) {
+    const std::vector<int64_t> per_peer(P, rows);
+    world->AllToAll(at::zeros({rows * P, 256}), per_peer, per_peer, "test stale");
+  };
+  exchange(1000);  // ~1 MB per rank, freed at once
+  const int64_t big = world->receive_pool_bytes();
+  EXPECT_GE(big, 1000 * P * 256 * 4);
+  for (int i = 0; i < 200; ++i) exchange(10);
+  EXPECT_LT(world->receive_pool_bytes(), big / 10) << "the 1000-row buffer should have been dropped";
+  EXPECT_GT(world->receive_pool_bytes(), 0);
+}
+
 TEST(Communicator, AllToAllBlocksMustTileTheRows) {
   auto world = MpiCommunicator::World(kTimeout);
   const int P = world->size();

@@ -87,6 +87,8 @@ for k in ["one_rank_tokens_per_s", "n_rank_tokens_per_s", "speedup_best_vs_best"
         sys.exit(f"FAIL: scaling.{k}")
 if r["phases"]["shares"]["all_to_all"] <= 0:
     sys.exit("FAIL: no all-to-all time attributed with 2 ranks")
+if not r["all_to_all"].get("receive_pool_bytes_rank0", 0) > 0:
+    sys.exit("FAIL: the exchanges kept no receive buffer for reuse")
 if r["phases"]["loss_rel_diff"] > 1e-5:
     sys.exit("FAIL: re-enacted loss differs with 2 ranks")
 print("2-rank report ok")
