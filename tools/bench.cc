@@ -44,6 +44,7 @@ struct Options {
   std::string hf = "auto";
   std::set<std::string> sections;
   bool random_tokens = false;
+  bool keep_freed_memory = false;  // KeepFreedMemoryForReuse() applied (and passed on to transformers)
   std::string json_out;
   HfPaths hf_paths;
   bool Want(const std::string& s) const { return sections.count(s) > 0; }
@@ -93,6 +94,7 @@ absl::Status Run(const Options& o, TrainConfig config) {
   report["expert_parallel_size"] = ctx.ep_size();
   report["threads_per_rank"] = threads;
   report["cpus_allowed_per_rank"] = -ctx.MaxOverRanks(-CpusAllowed());  // the smallest affinity mask
+  report["malloc_keep_freed"] = o.keep_freed_memory;  // both sides: core/host.h
   report["tokens_per_step"] = tokens_per_step;
   report["flops_per_token_train"] = flops.per_token_train;
   report["flops_per_token_train_causal"] = flops.per_token_train_causal;
@@ -305,6 +307,7 @@ absl::Status Run(const Options& o, TrainConfig config) {
 
 int main(int argc, char** argv) {
   using namespace hybridmoe;
+  const bool keep_freed_memory = KeepFreedMemoryForReuse();
   const std::vector<FlagSpec> specs = {
       {"config", "text-format TrainConfig (default configs/bench.textproto)"},
       {"override", "text-format TrainConfig merged on top (repeatable)", false, true},
@@ -327,6 +330,7 @@ int main(int argc, char** argv) {
                                      &exit_code);
   if (!cl) return exit_code;
   Options o;
+  o.keep_freed_memory = keep_freed_memory;
   o.config_path = cl->Get("config", "configs/bench.textproto");
   o.overrides = cl->GetAll("override");
   o.hf = cl->Get("hf", "auto");

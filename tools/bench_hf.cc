@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/host.h"
 #include "core/status.h"
 #include "models/weights.h"
 
@@ -126,6 +127,9 @@ absl::StatusOr<std::unique_ptr<HfSide>> HfSide::Start(const HfPaths& paths, Tran
     setenv("TRANSFORMERS_OFFLINE", "1", 1);
     setenv("HF_HOME", (paths.work_dir + "/hf_home").c_str(), 1);
     setenv("OMP_NUM_THREADS", std::to_string(threads).c_str(), 1);
+    // The allocator policy this process runs with (core/host.h), so that both sides get the same one.
+    const char* release = std::getenv("HYBRIDMOE_MALLOC_RELEASE");
+    if (release == nullptr || std::strcmp(release, "1") != 0) setenv("GLIBC_TUNABLES", KeepFreedMemoryTunables(), 1);
     std::vector<char*> args;
     for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);

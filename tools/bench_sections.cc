@@ -302,6 +302,7 @@ void PrintTable(const Json& j) {
     row("reused receive buffers, rank 0 (MiB)",
         absl::StrFormat("%.0f", a.value("receive_pool_bytes_rank0", 0.0) / (1024.0 * 1024.0)));
   }
+  row("allocator keeps freed memory (both sides)", j.value("malloc_keep_freed", false) ? "yes" : "no");
   row("peak resident memory (max over ranks)", Bytes(j["memory"]["peak_rss_bytes"].get<double>()));
 }
 

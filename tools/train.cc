@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/config.h"
+#include "core/host.h"
 #include "parallel/context.h"
 #include "tools/cli.h"
 #include "tools/trainer.h"
@@ -23,6 +24,7 @@ bool IsFile(const std::string& path) {
 
 int main(int argc, char** argv) {
   using namespace hybridmoe;
+  KeepFreedMemoryForReuse();  // core/host.h: no page faults for the buffers every step allocates again
   const std::vector<FlagSpec> specs = {
       {"config", "text-format TrainConfig file (required unless --resume finds DIR/config.textproto)"},
       {"override", "text-format TrainConfig merged on top, e.g. 'train { steps: 20 }' (repeatable)", false, true},
