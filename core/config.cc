@@ -3,10 +3,10 @@
 #include <cmath>
 #include <fstream>
 #include <sstream>
-#include <sys/stat.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "core/files.h"
 #include "core/status.h"
 #include "google/protobuf/io/tokenizer.h"
 #include "google/protobuf/descriptor.h"
@@ -40,11 +40,6 @@ absl::Status ParseInto(const std::string& text, const std::string& origin, Train
   if (parsed.data().train_size() > 0) config.mutable_data()->clear_train();
   config.MergeFrom(parsed);
   return absl::OkStatus();
-}
-
-bool FileExists(const std::string& path) {
-  struct stat st;
-  return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
 // Accumulates the first violated rule.
@@ -180,13 +175,13 @@ absl::Status ValidateConfig(const TrainConfig& config, int world_size, bool chec
     c.Require(!d.train(i).path().empty(), field + ".path must be set");
     c.Range(field + ".weight", d.train(i).weight(), 1e-12, 1e12);
     if (check_files) {
-      c.Require(FileExists(d.train(i).path()),
+      c.Require(IsFile(d.train(i).path()),
                 absl::StrCat(field, ".path (", d.train(i).path(), ") does not exist or is not a file",
                              d.train(i).path().rfind("data/corpus/", 0) == 0 ? "; run tools/setup.sh" : ""));
     }
   }
   if (check_files && !d.validation().empty()) {
-    c.Require(FileExists(d.validation()),
+    c.Require(IsFile(d.validation()),
               absl::StrCat("data.validation (", d.validation(), ") does not exist or is not a file; set it to a token "
                            "file or to \"\" to disable validation"));
   }

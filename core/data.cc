@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "core/files.h"
 #include "core/status.h"
 
 namespace hybridmoe {
@@ -52,11 +53,6 @@ absl::StatusOr<Mapping> MapFile(const std::string& path) {
 
 bool EndsWith(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-bool IsFile(const std::string& path) {
-  struct stat st;
-  return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
 // Element width and signedness of a NumPy descr ("<u2", "|u1", "<i8", ...).

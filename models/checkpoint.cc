@@ -19,6 +19,7 @@
 #include "absl/strings/str_join.h"
 #include "core/config.h"
 #include "core/crc32c.h"
+#include "core/files.h"
 #include "core/safetensors.h"
 #include "core/status.h"
 #include "models/weights.h"
@@ -30,11 +31,6 @@ using json = nlohmann::json;
 
 constexpr char kManifest[] = "MANIFEST.json";
 constexpr char kState[] = "trainer_state.json";
-
-bool IsDir(const std::string& p) {
-  struct stat st;
-  return stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
 
 std::vector<std::string> ListDir(const std::string& dir) {
   std::vector<std::string> names;
@@ -50,7 +46,7 @@ std::vector<std::string> ListDir(const std::string& dir) {
 }
 
 absl::Status RemoveTree(const std::string& path) {
-  if (IsDir(path)) {
+  if (IsDirectory(path)) {
     for (const std::string& n : ListDir(path)) RETURN_IF_ERROR(RemoveTree(path + "/" + n));
     if (rmdir(path.c_str()) != 0) return absl::InternalError(absl::StrCat("cannot remove ", path));
   } else if (unlink(path.c_str()) != 0 && errno != ENOENT) {
@@ -218,7 +214,7 @@ absl::Status SaveCheckpoint(const std::string& run_dir, Transformer& model, cons
   if (s.ok()) s = WriteFileAtomically(tmp + "/" + kManifest, manifest.dump(2) + "\n");
   if (s.ok()) {
     SyncPath(tmp);
-    if (IsDir(final_dir)) s = RemoveTree(final_dir);  // an older checkpoint of the same step (re-run)
+    if (IsDirectory(final_dir)) s = RemoveTree(final_dir);  // an older checkpoint of the same step (re-run)
     if (s.ok() && std::rename(tmp.c_str(), final_dir.c_str()) != 0) {
       s = absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", final_dir, ": ", strerror(errno)));
     }
@@ -288,7 +284,7 @@ absl::StatusOr<TrainerState> LoadCheckpoint(const std::string& dir, Transformer&
     return absl::DataLossError(absl::StrCat(dir, "/", kState, ": not valid JSON (", e.what(), ")"));
   }
   RETURN_IF_ERROR(LoadModelWeights(model, dir));
-  RETURN_IF_ERROR(LoadSlots(IsDir(dir) && Digest(dir + "/optimizer.safetensors").ok()
+  RETURN_IF_ERROR(LoadSlots(IsDirectory(dir) && Digest(dir + "/optimizer.safetensors").ok()
                                 ? dir + "/optimizer.safetensors"
                                 : dir + "/optimizer.safetensors.index.json",
                             OptimizerSlots(model, optimizer)));

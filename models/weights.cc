@@ -1,10 +1,7 @@
 #include "models/weights.h"
 
 #include <ATen/core/grad_mode.h>
-#include <sys/stat.h>
 
-#include <cerrno>
-#include <cstring>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -14,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "core/config.h"
+#include "core/files.h"
 #include "core/status.h"
 
 namespace hybridmoe {
@@ -52,20 +50,6 @@ std::string FirstAndCount(const Names& names, const std::function<std::string(co
   std::string out = describe(*names.begin());
   if (names.size() > 1) absl::StrAppend(&out, " (and ", names.size() - 1, " more)");
   return out;
-}
-
-absl::Status MakeDirs(const std::string& dir) {
-  std::string partial;
-  const std::vector<std::string> parts = absl::StrSplit(dir, '/');
-  for (const std::string& part : parts) {
-    partial += part + "/";
-    if (part.empty() || part == ".") continue;
-    if (mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST) {
-      return absl::PermissionDeniedError(
-          absl::StrCat(dir, ": cannot create directory ", partial, ": ", std::strerror(errno)));
-    }
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace

@@ -1,6 +1,5 @@
 #include "moe/router_stats.h"
 
-#include <sys/stat.h>
 
 #include <algorithm>
 #include <chrono>
@@ -11,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "core/files.h"
 #include "core/status.h"
 
 namespace hybridmoe {
@@ -235,8 +235,7 @@ std::string CheckRouterRecord(const RouterStepRecord& r) {
 absl::StatusOr<RouterStatsFile> ReadRouterStats(const std::string& path_or_run_dir) {
   RouterStatsFile out;
   out.path = path_or_run_dir;
-  struct stat st;
-  if (stat(path_or_run_dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) out.path += "/router_stats.pb";
+  if (IsDirectory(path_or_run_dir)) out.path += "/router_stats.pb";
   absl::StatusOr<RecordFile> file = ReadRecordFile(out.path);
   if (!file.ok()) {
     return absl::NotFoundError(absl::StrFormat(

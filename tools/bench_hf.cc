@@ -1,7 +1,6 @@
 #include "tools/bench_hf.h"
 
 #include <signal.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -14,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/files.h"
 #include "core/host.h"
 #include "core/status.h"
 #include "models/weights.h"
@@ -32,9 +32,14 @@ std::string DirName(const std::string& path) {
   return slash == std::string::npos ? "." : path.substr(0, slash);
 }
 
-bool Exists(const std::string& path) {
-  struct stat st;
-  return stat(path.c_str(), &st) == 0;
+// In a forked child: replaces the process with argv[0] (a path), or says why not and exits 127.
+[[noreturn]] void ExecOrDie(const std::vector<std::string>& argv) {
+  std::vector<char*> args;
+  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  execv(args[0], args.data());
+  std::fprintf(stderr, "cannot run %s: %s\n", args[0], std::strerror(errno));
+  _exit(127);
 }
 
 // Runs argv to completion; its output goes to our stderr.
@@ -43,12 +48,7 @@ absl::Status RunTool(const std::vector<std::string>& argv) {
   if (pid < 0) return absl::InternalError(absl::StrCat("fork failed: ", std::strerror(errno)));
   if (pid == 0) {
     dup2(STDERR_FILENO, STDOUT_FILENO);
-    std::vector<char*> args;
-    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    execv(args[0], args.data());
-    std::fprintf(stderr, "cannot run %s: %s\n", args[0], std::strerror(errno));
-    _exit(127);
+    ExecOrDie(argv);
   }
   int status = 0;
   waitpid(pid, &status, 0);
@@ -87,9 +87,7 @@ absl::StatusOr<std::unique_ptr<HfSide>> HfSide::Start(const HfPaths& paths, Tran
       return absl::NotFoundError(
           absl::StrCat("HF side: ", f, " not found (see --hf_python, --hf_script, --convert_hf)"));
   }
-  if (mkdir(paths.work_dir.c_str(), 0755) != 0 && errno != EEXIST) {
-    return absl::PermissionDeniedError(absl::StrCat(paths.work_dir, ": ", std::strerror(errno)));
-  }
+  RETURN_IF_ERROR(MakeDirs(paths.work_dir));
   const std::string ours = paths.work_dir + "/ours", hf = paths.work_dir + "/hf";
   RETURN_IF_ERROR(SaveModelDir(model, config, ours));
   RETURN_IF_ERROR(RunTool({paths.convert_hf, "--to_hf=" + hf, "--from=" + ours, "--overwrite"}));
@@ -130,12 +128,7 @@ absl::StatusOr<std::unique_ptr<HfSide>> HfSide::Start(const HfPaths& paths, Tran
     // The allocator policy this process runs with (core/host.h), so that both sides get the same one.
     const char* release = std::getenv("HYBRIDMOE_MALLOC_RELEASE");
     if (release == nullptr || std::strcmp(release, "1") != 0) setenv("GLIBC_TUNABLES", KeepFreedMemoryTunables(), 1);
-    std::vector<char*> args;
-    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    execv(args[0], args.data());
-    std::fprintf(stderr, "cannot run %s: %s\n", args[0], std::strerror(errno));
-    _exit(127);
+    ExecOrDie(argv);
   }
   close(down[0]);
   close(up[1]);

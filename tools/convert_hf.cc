@@ -8,9 +8,7 @@
 // equals k at balance, ours is a per-layer mean equal to 1): the original config.json is kept verbatim in the
 // weights' metadata ("hf_config_json") and re-used as the base of an export, so token ids and the coefficient
 // survive a round trip.
-#include <sys/stat.h>
 
-#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -21,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "core/config.h"
+#include "core/files.h"
 #include "core/safetensors.h"
 #include "core/status.h"
 #include "models/weights.h"
@@ -89,11 +88,6 @@ absl::StatusOr<std::string> ReadText(const std::string& path) {
   std::stringstream text;
   text << in.rdbuf();
   return text.str();
-}
-
-bool Exists(const std::string& path) {
-  struct stat st;
-  return stat(path.c_str(), &st) == 0;
 }
 
 // Typed config.json access with OlmoeConfig's defaults for absent (or null) keys.
@@ -298,9 +292,7 @@ absl::Status Export(const std::string& from_dir, const std::string& hf_dir, bool
   if (!j.contains("router_aux_loss_coef")) j["router_aux_loss_coef"] = m.moe().lb_loss_weight();
   // transformers >= 4.56 writes "dtype"; keep an older config's "torch_dtype" key.
   j[j.contains("torch_dtype") && !j.contains("dtype") ? "torch_dtype" : "dtype"] = "float32";
-  if (mkdir(hf_dir.c_str(), 0755) != 0 && errno != EEXIST) {
-    return absl::PermissionDeniedError(absl::StrCat(hf_dir, ": cannot create directory: ", std::strerror(errno)));
-  }
+  RETURN_IF_ERROR(MakeDirs(hf_dir));
   RETURN_IF_ERROR(WriteSafetensors(hf_dir + "/model.safetensors", tensors, {{"format", "pt"}}));
   return WriteFileAtomically(hf_dir + "/config.json", j.dump(2) + "\n");
 }

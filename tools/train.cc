@@ -6,21 +6,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/config.h"
+#include "core/files.h"
 #include "core/host.h"
 #include "parallel/context.h"
 #include "tools/cli.h"
 #include "tools/trainer.h"
-
-namespace {
-
-bool IsFile(const std::string& path) {
-  std::FILE* f = std::fopen(path.c_str(), "r");
-  if (f == nullptr) return false;
-  std::fclose(f);
-  return true;
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   using namespace hybridmoe;

@@ -6,15 +6,13 @@ set -uo pipefail
 TRAIN="$1"
 EVAL="$2"
 CONFIG="$3"
+MAKE_TOKENS="$4"
 PY="${HYBRIDMOE_VENV:-/root/.cache/hybridmoe/venv}/bin/python"
 T="${TEST_TMPDIR:-$(mktemp -d)}"
 fail() { echo "FAIL: $*" >&2; exit 1; }
-python3 - "$T" <<'PY'
-import struct, sys
-text = open("/usr/share/common-licenses/GPL-3", "rb").read()
-open(sys.argv[1] + "/train.bin", "wb").write(struct.pack("<%dH" % len(text), *text))
-open(sys.argv[1] + "/val.bin", "wb").write(struct.pack("<%dH" % 4097, *text[:4097]))
-PY
+GPL=/usr/share/common-licenses/GPL-3
+python3 "$MAKE_TOKENS" slice "$GPL" "$T/train.bin" && python3 "$MAKE_TOKENS" slice "$GPL" "$T/val.bin" 0 4097 \
+  || fail "make_tokens"
 "$TRAIN" --config="$CONFIG" --out_dir="$T/run" --quiet --override="
   data { train { path: \"$T/train.bin\" } validation: \"$T/val.bin\" seq_len: 32 micro_batch_size: 8 }
   model { d_model: 32 n_layers: 2 n_heads: 2 moe { num_experts: 4 top_k: 2 expert_hidden: 32 } }

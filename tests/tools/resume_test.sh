@@ -9,15 +9,13 @@
 set -uo pipefail
 TRAIN="$1"
 CONFIG="$2"
+MAKE_TOKENS="$3"
 T="${TEST_TMPDIR:-$(mktemp -d)}"
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
-python3 - "$T" <<'PY'
-import struct, sys
-text = open("/usr/share/common-licenses/GPL-3", "rb").read()[:60000]
-open(sys.argv[1] + "/train.bin", "wb").write(struct.pack("<%dH" % len(text), *text))
-open(sys.argv[1] + "/val.bin", "wb").write(struct.pack("<%dH" % 3000, *text[-3000:]))
-PY
+GPL=/usr/share/common-licenses/GPL-3
+python3 "$MAKE_TOKENS" slice "$GPL" "$T/train.bin" && python3 "$MAKE_TOKENS" slice "$GPL" "$T/val.bin" -3000 \
+  || fail "make_tokens"
 BASE="data { train { path: \"$T/train.bin\" } validation: \"$T/val.bin\" seq_len: 32 micro_batch_size: 4 }
 model { d_model: 32 n_layers: 2 n_heads: 2 moe { num_experts: 4 top_k: 2 expert_hidden: 32 } }
 optim { warmup_steps: 5 lr: 1e-2 } parallel { num_threads: 2 }

@@ -9,11 +9,12 @@
 #   feeds between two logged steps (micro_batch_size * seq_len per step).
 #   3. --layer, --steps, csv and table output; a truncated file (warning, valid prefix, exit 0), garbage
 #      (error naming the byte, valid prefix still reported, exit 1), a non-record file and a missing run.
-#   router_stats_test.sh <train binary> <router_stats binary> <tiny.textproto>
+#   router_stats_test.sh <train binary> <router_stats binary> <tiny.textproto> <make_tokens.py>
 set -uo pipefail
 TRAIN="$1"
 RS="$2"
 CONFIG="$3"
+MAKE_TOKENS="$4"
 T="${TEST_TMPDIR:-$(mktemp -d)}"
 PY="${HYBRIDMOE_VENV:+$HYBRIDMOE_VENV/bin/python}"
 PY="${PY:-python3}"
@@ -22,16 +23,7 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 # Data: a random bigram language over all 256 byte values (each token has 4 likely successors), so that
 # token frequencies are flat and a router with balancing on has no reason to favour an expert. (Text with
 # a few dozen distinct bytes makes even a balanced router's load follow the skewed byte frequencies.)
-"$PY" - "$T" <<'PY'
-import random, struct, sys
-r = random.Random(1234)
-succ = [[r.randrange(256) for _ in range(4)] for _ in range(256)]
-t, tokens = 0, []
-for _ in range(200000):
-    t = r.choice(succ[t]) if r.random() < 0.9 else r.randrange(256)
-    tokens.append(t)
-open(sys.argv[1] + "/train.bin", "wb").write(struct.pack("<%dH" % len(tokens), *tokens))
-PY
+"$PY" "$MAKE_TOKENS" bigram "$T/train.bin" || fail "make_tokens"
 TINY="model { n_layers: 2 d_model: 64 n_heads: 4 moe { num_experts: 8 top_k: 2 expert_hidden: 64 } }
 data { train { path: \"$T/train.bin\" } validation: \"\" seq_len: 64 micro_batch_size: 8 }
 train { steps: 40 eval_interval: 0 } optim { warmup_steps: 5 }
