@@ -2,6 +2,8 @@
 
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "core/trace.h"
+
 namespace hybridmoe {
 
 std::pair<at::Tensor, at::Tensor> rope_tables(int64_t seq_len, int64_t head_dim, double theta) {
@@ -83,6 +85,7 @@ void AttentionImpl::reset_parameters(const InitPlan& plan, const std::string& pr
 }
 
 at::Tensor AttentionImpl::forward(const at::Tensor& x_BSD) {
+  TraceScope scope(trace::kAttention);
   const int64_t B = x_BSD.size(0), S = x_BSD.size(1), D = options.d_model, H = options.n_heads, hd = D / H;
   // One GEMM for q, k and v (x read once; in backward one GEMM for dx instead of three and two sums).
   const at::Tensor qkv = at::matmul(x_BSD, at::cat({wq, wk, wv}, 0).t());  // [B, S, 3D]

@@ -1,5 +1,7 @@
 #include "core/ffn.h"
 
+#include "core/trace.h"
+
 namespace hybridmoe {
 
 at::Tensor swiglu(const at::Tensor& x, const at::Tensor& w_gate, const at::Tensor& w_up, const at::Tensor& w_down,
@@ -33,6 +35,7 @@ void FeedForwardImpl::reset_parameters(const InitPlan& plan, const std::string& 
 }
 
 at::Tensor FeedForwardImpl::forward(const at::Tensor& x) {
+  TraceScope scope(trace::kDenseFfn);
   if (hidden_norm.is_empty()) return swiglu(x, w_gate, w_up, w_down);
   at::Tensor h = at::silu(at::matmul(x, w_gate.t())) * at::matmul(x, w_up.t());
   return at::matmul(hidden_norm(h), w_down.t());

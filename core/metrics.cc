@@ -1,6 +1,7 @@
 #include "core/metrics.h"
 
-#include <charconv>
+#include <cerrno>
+#include <cstring>
 #include <cmath>
 #include <memory>
 
@@ -9,49 +10,29 @@
 
 namespace hybridmoe {
 
-std::string JsonEscape(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          out += absl::StrFormat("\\u%04x", c);
-        } else {
-          out += c;
-        }
-    }
-  }
-  return out + "\"";
-}
-
 JsonRecord& JsonRecord::Add(const std::string& key, double value) {
-  // Shortest text that reads back as the same double, so metrics can be compared bit for bit.
-  char buffer[32];
-  const auto result = std::to_chars(buffer, buffer + sizeof(buffer), value);
-  fields_.emplace_back(key, std::isfinite(value) ? std::string(buffer, result.ptr) : "null");
+  fields_[key] = value;  // non-finite values are dumped as null
   return *this;
 }
 JsonRecord& JsonRecord::Add(const std::string& key, int64_t value) {
-  fields_.emplace_back(key, absl::StrCat(value));
+  fields_[key] = value;
   return *this;
 }
 JsonRecord& JsonRecord::Add(const std::string& key, const std::string& value) {
-  fields_.emplace_back(key, JsonEscape(value));
+  fields_[key] = value;
   return *this;
 }
 JsonRecord& JsonRecord::Add(const std::string& key, bool value) {
-  fields_.emplace_back(key, value ? "true" : "false");
+  fields_[key] = value;
   return *this;
 }
 
 std::string JsonRecord::ToString() const {
   std::string out = "{";
-  for (size_t i = 0; i < fields_.size(); ++i) {
-    absl::StrAppend(&out, i ? ", " : "", JsonEscape(fields_[i].first), ": ", fields_[i].second);
+  bool first = true;
+  for (const auto& [key, value] : fields_.items()) {
+    absl::StrAppend(&out, first ? "" : ", ", nlohmann::json(key).dump(), ": ", value.dump());
+    first = false;
   }
   return out + "}";
 }
@@ -61,6 +42,7 @@ absl::StatusOr<std::unique_ptr<MetricsWriter>> MetricsWriter::Open(const std::st
   if (f == nullptr) return absl::PermissionDeniedError(absl::StrCat("cannot open ", path, " for appending"));
   auto w = std::make_unique<MetricsWriter>();
   w->file_ = f;
+  w->path_ = path;
   return w;
 }
 
@@ -68,10 +50,12 @@ MetricsWriter::~MetricsWriter() {
   if (file_ != nullptr) std::fclose(file_);
 }
 
-void MetricsWriter::Write(const JsonRecord& record) {
+absl::Status MetricsWriter::Write(const JsonRecord& record) {
   const std::string line = record.ToString() + "\n";
-  std::fwrite(line.data(), 1, line.size(), file_);
-  std::fflush(file_);
+  if (std::fwrite(line.data(), 1, line.size(), file_) != line.size() || std::fflush(file_) != 0) {
+    return absl::DataLossError(absl::StrCat(path_, ": cannot append a metrics record (", std::strerror(errno), ")"));
+  }
+  return absl::OkStatus();
 }
 
 std::string FormatDuration(double seconds) {

@@ -1,6 +1,7 @@
 // Run logs: metrics.jsonl (one JSON object per line, appended and flushed per record) and the
-// human-readable progress line. Numbers are written in their shortest exact form (they read back as the
-// same double); non-finite numbers are written as null (JSON has no NaN).
+// human-readable progress line. Records are encoded by nlohmann-json: numbers in a form that reads back as
+// the same double, non-finite numbers as null (JSON has no NaN); fields are separated by ", " and keys
+// from values by ": " so that a line also reads well to a person (and greps the same as always).
 #pragma once
 
 #include <cstdio>
@@ -8,6 +9,8 @@
 #include <utility>
 #include <memory>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "absl/status/statusor.h"
 
@@ -23,22 +26,23 @@ class JsonRecord {
   JsonRecord& Add(const std::string& key, const char* value) { return Add(key, std::string(value)); }
   JsonRecord& Add(const std::string& key, bool value);
   std::string ToString() const;
+  const nlohmann::ordered_json& json() const { return fields_; }
 
  private:
-  std::vector<std::pair<std::string, std::string>> fields_;  // key -> encoded value
+  nlohmann::ordered_json fields_ = nlohmann::ordered_json::object();
 };
-
-std::string JsonEscape(const std::string& s);
 
 class MetricsWriter {
  public:
   // Opens `path` for appending (creating it).
   static absl::StatusOr<std::unique_ptr<MetricsWriter>> Open(const std::string& path);
   ~MetricsWriter();
-  void Write(const JsonRecord& record);
+  // Appends one line and flushes it; an error (disk full, I/O error) names the file.
+  absl::Status Write(const JsonRecord& record);
 
  private:
   FILE* file_ = nullptr;
+  std::string path_;
 };
 
 // "1h02m", "3m05s", "12s".

@@ -71,24 +71,34 @@ double LearningRate(const ScheduleOptions& s, int64_t step) {
   return s.lr * (s.min_lr_ratio + (1.0 - s.min_lr_ratio) * cosine);
 }
 
-double GradNorm(const std::vector<at::Tensor>& params) {
+double SquaredGradNorm(const std::vector<at::Tensor>& params) {
   at::NoGradGuard no_grad;
-  double sum = 0;
+  std::vector<at::Tensor> grads;
   for (const at::Tensor& p : params) {
-    if (p.grad().defined()) sum += p.grad().to(at::kDouble).pow(2).sum().item<double>();
+    if (p.grad().defined() && p.numel() > 0) grads.push_back(p.grad());
   }
-  return std::sqrt(sum);
+  if (grads.empty()) return 0;
+  // One multi-tensor kernel for the per-tensor norms and one host sync, instead of a cast, a reduction
+  // and a sync per parameter; the squares are summed in double.
+  const std::vector<at::Tensor> norms = at::_foreach_norm(grads, 2);
+  return at::stack(norms).to(at::kDouble).pow(2).sum().item<double>();
+}
+
+double GradNorm(const std::vector<at::Tensor>& params) { return std::sqrt(SquaredGradNorm(params)); }
+
+void ClipGradients(const std::vector<at::Tensor>& params, double norm, double max_norm) {
+  if (!(max_norm > 0) || !std::isfinite(norm) || norm <= max_norm) return;
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> grads;
+  for (const at::Tensor& p : params) {
+    if (p.grad().defined() && p.numel() > 0) grads.push_back(p.grad());
+  }
+  if (!grads.empty()) at::_foreach_mul_(grads, max_norm / (norm + 1e-6));
 }
 
 double ClipGradNorm(const std::vector<at::Tensor>& params, double max_norm) {
   const double norm = GradNorm(params);
-  if (max_norm > 0 && std::isfinite(norm) && norm > max_norm) {
-    at::NoGradGuard no_grad;
-    const double scale = max_norm / (norm + 1e-6);
-    for (const at::Tensor& p : params) {
-      if (p.grad().defined()) p.grad().mul_(scale);
-    }
-  }
+  ClipGradients(params, norm, max_norm);
   return norm;
 }
 

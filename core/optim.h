@@ -54,9 +54,16 @@ struct ScheduleOptions {
 // then cosine decay to min_lr_ratio * lr at total_steps.
 double LearningRate(const ScheduleOptions& s, int64_t step);
 
-// Global L2 norm of the gradients (undefined gradients count as zero).
+// Gradient norms and clipping: the only implementation (ParallelContext computes the global norm over its
+// ranks with SquaredGradNorm and clips with ClipGradients).
+// Sum of squared gradient entries, accumulated in fp64 (undefined gradients count as zero).
+double SquaredGradNorm(const std::vector<at::Tensor>& params);
+// L2 norm of the gradients of `params` (one process).
 double GradNorm(const std::vector<at::Tensor>& params);
-// Scales gradients so their global norm is at most max_norm (max_norm <= 0: no-op); returns the norm before.
+// Clipping by global norm: when max_norm > 0 and `norm` (the global gradient norm, however computed) is
+// finite and above max_norm, every gradient is scaled by max_norm / (norm + 1e-6); otherwise nothing changes.
+void ClipGradients(const std::vector<at::Tensor>& params, double norm, double max_norm);
+// GradNorm + ClipGradients for one process; returns the norm before clipping.
 double ClipGradNorm(const std::vector<at::Tensor>& params, double max_norm);
 
 }  // namespace hybridmoe

@@ -1,5 +1,8 @@
 #include "moe/moe_layer.h"
 
+#include <optional>
+
+#include "core/trace.h"
 #include "moe/router.h"
 
 namespace hybridmoe {
@@ -65,20 +68,35 @@ void MoeLayerImpl::reset_parameters(const InitPlan& plan, const std::string& pre
 
 MoeOutput MoeLayerImpl::forward(const at::Tensor& x_TD) {
   const int64_t T = x_TD.size(0), E = options.num_experts, K = options.top_k;
+  std::optional<TraceScope> scope;  // core/trace.h: one region per phase, for profilers and tools/bench
+  scope.emplace(trace::kRouter);
   at::Tensor logits_TE = at::matmul(x_TD, router.t());
   if (!options.router_logit_bias.empty()) {
     logits_TE = logits_TE + at::tensor(options.router_logit_bias, at::kDouble).to(logits_TE.scalar_type());
   }
   const Routing r = route(logits_TE, K, options.normalize_topk);
+  scope.reset();
+  scope.emplace(trace::kPermutation);
   const Permutation p = permute_by_expert(r.experts_TK, r.weights_TK, r.topk_probs_TK, E,
                                           expert_capacity(options.capacity_factor, T, K, E));
-
-  std::vector<int64_t> local_counts;
   const at::Tensor x_SD = x_TD.index_select(0, p.token_S);
-  const at::Tensor local_y = experts(dispatcher->dispatch(x_SD, p.counts_E, local_counts), local_counts);
-  const at::Tensor y_SD = dispatcher->combine(local_y) * p.weight_S.unsqueeze(1).to(x_TD.scalar_type());
+  scope.reset();
+  scope.emplace(trace::kAllToAll);
+  std::vector<int64_t> local_counts;
+  const at::Tensor x_local = dispatcher->dispatch(x_SD, p.counts_E, local_counts);
+  scope.reset();
+  scope.emplace(trace::kExperts);
+  const at::Tensor local_y = experts(x_local, local_counts);
+  scope.reset();
+  scope.emplace(trace::kAllToAll);
+  const at::Tensor y_back = dispatcher->combine(local_y);
+  scope.reset();
+  scope.emplace(trace::kPermutation);
+  const at::Tensor y_SD = y_back * p.weight_S.unsqueeze(1).to(x_TD.scalar_type());
   MoeOutput out;
   out.y_TD = at::zeros_like(x_TD).index_add_(0, p.token_S, y_SD);  // in place: no copy of the zeros
+  scope.reset();
+  scope.emplace(trace::kRouter);
   out.lb_loss = load_balance_loss(r.probs_TE, r.experts_TK);
   out.z_loss = router_z_loss(r.logits_TE);
 

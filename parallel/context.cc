@@ -9,6 +9,7 @@
 #include <mpi.h>
 
 #include "absl/strings/str_cat.h"
+#include "core/optim.h"
 #include "core/status.h"
 #include "parallel/communicator.h"
 #include "parallel/ep_dispatcher.h"
@@ -86,13 +87,7 @@ class Context : public ParallelContext {
 
   double ClipGradNorm(Transformer& model, double max_norm) override {
     const double norm = GradNorm(model);
-    if (max_norm > 0 && std::isfinite(norm) && norm > max_norm) {
-      at::NoGradGuard no_grad;
-      const double scale = max_norm / (norm + 1e-6);
-      for (const at::Tensor& p : model->parameters()) {
-        if (p.grad().defined()) p.grad().mul_(scale);
-      }
-    }
+    ClipGradients(model->parameters(), norm, max_norm);
     return norm;
   }
 
@@ -122,8 +117,6 @@ class Context : public ParallelContext {
   std::shared_ptr<Communicator> world_, ep_, dp_;
 };
 
-const char* GetEnv(const char* name) { return std::getenv(name); }
-
 // Node id (lowest world rank on the node) and local rank of every rank, from MPI's shared-memory split.
 std::vector<RankPlace> DiscoverPlaces(int rank, int world) {
   MPI_Comm node_comm;
@@ -151,24 +144,21 @@ bool ParallelContext::IsRankZero() {
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     return rank == 0;
   }
-  for (const char* var : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"}) {
-    if (const char* v = std::getenv(var)) return std::atoi(v) == 0;
-  }
-  if (std::getenv("SLURM_STEP_ID") != nullptr) {
-    if (const char* v = std::getenv("SLURM_PROCID")) return std::atoi(v) == 0;
-  }
-  return true;
+  return LaunchRank() == 0;
+}
+
+std::unique_ptr<ParallelContext> ParallelContext::CreateLocal(double timeout_s) {
+  std::vector<RankPlace> places(1);
+  auto self = std::make_shared<SelfCommunicator>(timeout_s);
+  return std::unique_ptr<ParallelContext>(new Context(MakeTopology(places, 0, 1), HostName(), false, self, self, self));
 }
 
 absl::StatusOr<std::unique_ptr<ParallelContext>> ParallelContext::Create(const TrainConfig& config) {
-  ASSIGN_OR_RETURN(const LaunchInfo launch, DetectLaunch(GetEnv));
+  ASSIGN_OR_RETURN(const LaunchInfo launch, DetectLaunch());
   const double timeout = config.parallel().timeout_s();
   if (!launch.use_mpi) {
     RETURN_IF_ERROR(CheckParallelConfig(config, 1));
-    std::vector<RankPlace> places(1);
-    auto self = std::make_shared<SelfCommunicator>(timeout);
-    return std::unique_ptr<ParallelContext>(
-        new Context(MakeTopology(places, 0, 1), HostName(), false, self, self, self));
+    return CreateLocal(timeout);
   }
 
   int initialized = 0;

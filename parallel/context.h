@@ -34,6 +34,9 @@ class ParallelContext {
   // Errors are one line (launch problems start with "launch:"); every rank returns the same error, and
   // MPI is finalised before returning one.
   static absl::StatusOr<std::unique_ptr<ParallelContext>> Create(const TrainConfig& config);
+  // A one-process context (world of 1, no MPI) whatever the launch: the in-process reference of a
+  // multi-rank run (tools/bench) and tests.
+  static std::unique_ptr<ParallelContext> CreateLocal(double timeout_s);
   // Whether this process is rank 0 of its launch (true without a launcher). Works before Create and after
   // a failed Create, so main() can print a launch error once instead of once per rank.
   static bool IsRankZero();

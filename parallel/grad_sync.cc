@@ -56,19 +56,6 @@ void AllReduceGradients(const std::vector<at::Tensor>& params, Communicator& com
   ReduceBucket(bucket, comm, scale, what);
 }
 
-double SquaredGradNorm(const std::vector<at::Tensor>& params) {
-  at::NoGradGuard no_grad;
-  std::vector<at::Tensor> grads;
-  for (const at::Tensor& p : params) {
-    if (p.grad().defined()) grads.push_back(p.grad());
-  }
-  if (grads.empty()) return 0;
-  // One multi-tensor kernel for the per-tensor norms and one host sync, instead of a cast, a reduction
-  // and a sync per parameter; the squares are summed in double.
-  const std::vector<at::Tensor> norms = at::_foreach_norm(grads, 2);
-  return at::stack(norms).to(at::kDouble).pow(2).sum().item<double>();
-}
-
 ParameterSets SplitParameters(const torch::nn::Module& model) {
   std::unordered_set<const c10::TensorImpl*> expert_params;
   std::vector<const torch::nn::Module*> modules = {&model};

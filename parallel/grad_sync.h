@@ -24,9 +24,6 @@ constexpr int64_t kDefaultBucketBytes = int64_t{32} << 20;
 void AllReduceGradients(const std::vector<at::Tensor>& params, Communicator& comm, double scale,
                         std::string_view what, int64_t bucket_bytes = kDefaultBucketBytes);
 
-// Sum of squared gradient entries (fp64), undefined gradients skipped.
-double SquaredGradNorm(const std::vector<at::Tensor>& params);
-
 struct ParameterSets {
   std::vector<at::Tensor> replicated;  // everything outside GroupedExperts modules (routers included)
   std::vector<at::Tensor> experts;     // parameters of GroupedExperts modules: this rank's expert shards

@@ -31,8 +31,17 @@ std::string Divisors(int n) {
 
 }  // namespace
 
+int LaunchRank(const std::function<const char*(const char*)>& getenv) {
+  for (const char* var : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"}) {
+    if (getenv(var) != nullptr) return IntVar(getenv, var);
+  }
+  if (getenv("SLURM_STEP_ID") != nullptr) return IntVar(getenv, "SLURM_PROCID");
+  return 0;
+}
+
 absl::StatusOr<LaunchInfo> DetectLaunch(const std::function<const char*(const char*)>& getenv) {
   LaunchInfo info;
+  info.rank = LaunchRank(getenv);
   const bool pmi = getenv("PMIX_RANK") != nullptr || getenv("PMI_RANK") != nullptr;
   const bool srun = getenv("SLURM_STEP_ID") != nullptr && getenv("SLURM_STEP_NUM_TASKS") != nullptr;
   if (getenv("OMPI_COMM_WORLD_SIZE") != nullptr) {
@@ -60,6 +69,9 @@ absl::StatusOr<LaunchInfo> DetectLaunch(const std::function<const char*(const ch
   }
   return info;
 }
+
+absl::StatusOr<LaunchInfo> DetectLaunch() { return DetectLaunch(std::getenv); }
+int LaunchRank() { return LaunchRank(std::getenv); }
 
 absl::Status CheckWorldSize(const LaunchInfo& launch, int mpi_world_size) {
   if (launch.expected_world_size > 0 && launch.expected_world_size != mpi_world_size) {

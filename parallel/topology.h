@@ -25,11 +25,19 @@ struct LaunchInfo {
   bool use_mpi = false;         // started by a launcher MPI can join (MPI_Init needed)
   int expected_world_size = 1;  // what the launcher's variables say (0: they do not say)
   std::string launcher;         // "none", "mpirun", "srun (Slurm job 42, step 0)", "PMI launcher"
+  int rank = 0;                 // this process's rank as the launcher's variables say (0 when unset)
 };
 
 // `getenv` returns nullptr for an unset variable. Errors: srun started several tasks but gave them no
 // MPI wire-up (each would train alone).
+// The one parser of launch environments: ParallelContext, tools/bench and tools/compare_norms use it.
 absl::StatusOr<LaunchInfo> DetectLaunch(const std::function<const char*(const char*)>& getenv);
+// DetectLaunch(std::getenv).
+absl::StatusOr<LaunchInfo> DetectLaunch();
+// This process's rank as the launcher's variables say (0 when none is set); valid even where DetectLaunch
+// fails, so that one rank can report the failure.
+int LaunchRank(const std::function<const char*(const char*)>& getenv);
+int LaunchRank();
 
 // After MPI_Init: the launcher's task count must equal MPI's world size.
 absl::Status CheckWorldSize(const LaunchInfo& launch, int mpi_world_size);

@@ -26,11 +26,14 @@
 #include "core/config.h"
 #include "core/host.h"
 #include "core/status.h"
+#include "parallel/topology.h"
 #include "tools/bench_comm.h"
 #include "tools/bench_common.h"
 #include "tools/bench_hf.h"
 #include "tools/bench_sections.h"
 #include "tools/cli.h"
+#include "tools/trainer.h"
+#include "tools/training.h"
 
 namespace hybridmoe {
 namespace {
@@ -50,28 +53,20 @@ struct Options {
   bool Want(const std::string& s) const { return sections.count(s) > 0; }
 };
 
-int LaunchWorldSize() {
-  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE"}) {
-    if (const char* v = std::getenv(var)) return std::max(1, std::atoi(v));
-  }
-  return 1;
-}
-
 absl::Status Run(const Options& o, TrainConfig config) {
   ASSIGN_OR_RETURN(std::unique_ptr<ParallelContext> ctx_owner, ParallelContext::Create(config));
   ParallelContext& ctx = *ctx_owner;
   const bool root = ctx.rank() == 0;
   const int W = ctx.world_size();
   const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  const int threads = o.threads > 0                         ? o.threads
-                      : config.parallel().num_threads() > 0 ? config.parallel().num_threads()
-                                                            : std::max(1, hw / ctx.local_size());
+  // The trainer's thread count (the CPUs this process may run on / ranks on the node) unless --threads.
+  const int threads = o.threads > 0 ? o.threads : DefaultThreads(config, ctx.local_size());
   at::set_num_threads(threads);
   const int64_t B = config.data().micro_batch_size(), S = config.data().seq_len();
   const double tokens_per_step = static_cast<double>(B * S * W);
   const FlopCount flops = CountFlops(config);
-  ASSIGN_OR_RETURN(auto batch, BenchBatch(config, B, ctx.rank() * B, o.random_tokens));
-  const at::Tensor &inputs = batch.first, &targets = batch.second;
+  ASSIGN_OR_RETURN(const Batch batch, BenchBatch(config, B, ctx.rank() * B, o.random_tokens));
+  const at::Tensor &inputs = batch.inputs, &targets = batch.targets;
 
   Json report;
   report["tool"] = "bench";
@@ -99,13 +94,15 @@ absl::Status Run(const Options& o, TrainConfig config) {
   report["flops_per_token_train"] = flops.per_token_train;
   report["flops_per_token_train_causal"] = flops.per_token_train_causal;
 
-  TrainStep step(config, &ctx);
+  ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer, Trainer::Create(config, ctx));
+  Transformer& model = trainer->model();
+  const auto step_s = [&](Trainer& t) { return BenchStep(t, batch).total_s; };
   std::unique_ptr<HfSide> hf;
   if (o.Want("hf") && o.hf != "off") {
     if (W > 1) {
       report["hf"] = {{"skipped", "the transformers side runs in 1-rank runs only"}};
     } else {
-      auto started = HfSide::Start(o.hf_paths, step.model, config, inputs, targets, threads);
+      auto started = HfSide::Start(o.hf_paths, model, config, inputs, targets, threads);
       if (started.ok()) {
         hf = std::move(*started);
       } else if (o.hf == "on") {
@@ -116,9 +113,8 @@ absl::Status Run(const Options& o, TrainConfig config) {
     }
   }
   // Warm-up; the first step's loss is computed from the initial weights on both sides.
-  step.Run(inputs, targets);
-  const double first_lm_loss = step.last_lm_loss;
-  for (int i = 1; i < o.warmup; ++i) step.Run(inputs, targets);
+  const double first_lm_loss = BenchStep(*trainer, batch).lm_loss;
+  for (int i = 1; i < o.warmup; ++i) step_s(*trainer);
   HfSteps hf_first;
   if (hf) {
     ASSIGN_OR_RETURN(hf_first, hf->Steps(std::max(1, o.warmup)));
@@ -132,7 +128,7 @@ absl::Status Run(const Options& o, TrainConfig config) {
       std::vector<double> p = {MeasureMatmulPeak()};
       ctx.SumOverRanks(p);
       peak.push_back(p[0]);
-      ours.push_back(ctx.MaxOverRanks(step.Run(inputs, targets)));
+      ours.push_back(ctx.MaxOverRanks(step_s(*trainer)));
       mfu.push_back(step_flops / ours.back() / peak.back());
       mfu_causal.push_back(flops.per_token_train_causal * tokens_per_step / ours.back() / peak.back());
       if (hf) {
@@ -164,9 +160,9 @@ absl::Status Run(const Options& o, TrainConfig config) {
       hf.reset();
     }
   }
-  if (o.Want("phases")) report["phases"] = PhaseShares(step, inputs, targets, 3);
+  if (o.Want("phases")) report["phases"] = PhaseShares(*trainer, batch, 3);
   if (o.Want("moe_dense")) {
-    report["moe_vs_dense"] = W == 1 ? MoeVsDense(step, inputs, o.rounds) : Json{{"skipped", "1-rank runs only"}};
+    report["moe_vs_dense"] = W == 1 ? MoeVsDense(*trainer, inputs, o.rounds) : Json{{"skipped", "1-rank runs only"}};
   }
   if (o.Want("checkpointing")) {
     // Same weights and batch with and without checkpointing: the loss and every parameter's gradient norm
@@ -175,11 +171,10 @@ absl::Status Run(const Options& o, TrainConfig config) {
     {
       std::vector<double> norms[2], losses(2);
       for (const bool on : {false, true}) {
-        step.model->options.activation_checkpointing = on;
-        step.ForwardBackward(inputs, targets);
-        losses[on] = step.last_loss;
+        model->options.activation_checkpointing = on;
+        losses[on] = BenchStep(*trainer, batch, /*lr=*/0.0).loss;  // lr 0: both see the same weights
         at::NoGradGuard no_grad;
-        for (const at::Tensor& p : step.params) {
+        for (const at::Tensor& p : trainer->params()) {
           norms[on].push_back(p.grad().defined() ? p.grad().norm().item<double>() : 0.0);
         }
       }
@@ -190,13 +185,13 @@ absl::Status Run(const Options& o, TrainConfig config) {
     }
     std::vector<double> ratio, t_off, t_on;
     for (int r = 0; r < o.rounds; ++r) {
-      step.model->options.activation_checkpointing = false;
-      t_off.push_back(ctx.MaxOverRanks(step.Run(inputs, targets)));
-      step.model->options.activation_checkpointing = true;
-      t_on.push_back(ctx.MaxOverRanks(step.Run(inputs, targets)));
+      model->options.activation_checkpointing = false;
+      t_off.push_back(ctx.MaxOverRanks(step_s(*trainer)));
+      model->options.activation_checkpointing = true;
+      t_on.push_back(ctx.MaxOverRanks(step_s(*trainer)));
       ratio.push_back(t_on.back() / t_off.back());
     }
-    step.model->options.activation_checkpointing = false;
+    model->options.activation_checkpointing = false;
     Json c = {{"on_over_off_step_s", ToJson(Summarize(ratio))},
               {"on_over_off_best_vs_best", Summarize(t_on).min / Summarize(t_off).min},
               {"loss_rel_diff", loss_rel_diff},
@@ -218,16 +213,20 @@ absl::Status Run(const Options& o, TrainConfig config) {
   if (o.Want("scaling") && W > 1) {
     TrainConfig one = config;
     one.mutable_parallel()->set_expert_parallel_size(1);
-    std::unique_ptr<TrainStep> single;
-    if (root) single = std::make_unique<TrainStep>(one, nullptr);
+    // Rank 0 alone, in-process: the same step on a one-process context.
+    std::unique_ptr<ParallelContext> local = ParallelContext::CreateLocal(config.parallel().timeout_s());
+    std::unique_ptr<Trainer> single;
+    if (root) {
+      ASSIGN_OR_RETURN(single, Trainer::Create(one, *local));
+    }
     std::vector<double> speedup, t_one, t_n;
     for (int r = 0; r <= o.rounds; ++r) {  // round 0 warms the 1-rank model up
       at::set_num_threads(threads);
-      const double n_rank = ctx.MaxOverRanks(step.Run(inputs, targets));
+      const double n_rank = ctx.MaxOverRanks(step_s(*trainer));
       double one_rank = 0;
       if (root) {
         at::set_num_threads(threads * ctx.local_size());
-        one_rank = single->Run(inputs, targets);
+        one_rank = step_s(*single);
       }
       IdleBarrier(ctx);
       if (r == 0) continue;
@@ -244,11 +243,11 @@ absl::Status Run(const Options& o, TrainConfig config) {
         {"speedup_best_vs_best", (tokens_per_step / Summarize(t_n).min) / (B * S / Summarize(t_one).min)}};
   }
   if (o.Want("all_to_all") && ctx.ep_size() > 1) {
-    std::vector<MoeLayer> layers = step.model->moe_layers();
+    std::vector<MoeLayer> layers = model->moe_layers();
     layers[0]->stats.reset();
     {
       at::NoGradGuard no_grad;
-      step.model(inputs, targets);
+      model(inputs, targets);
     }
     const at::Tensor counts = layers[0]->stats.counts_E.to(at::kCPU).contiguous();
     const std::vector<int64_t> counts_E(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + counts.numel());
@@ -370,7 +369,12 @@ int main(int argc, char** argv) {
     return ChildMemory(*config, cl->Get("child_memory") == "1", std::max(1, o.threads), o.random_tokens);
   }
   // Expert parallelism over the whole launch unless --expert_parallel_size says otherwise.
-  const int world = LaunchWorldSize();
+  auto launch = DetectLaunch();
+  if (!launch.ok()) {
+    if (LaunchRank() == 0) std::fprintf(stderr, "bench: %s\n", std::string(launch.status().message()).c_str());
+    return 1;
+  }
+  const int world = std::max(1, launch->expected_world_size);
   auto ep = cl->GetInt("expert_parallel_size", 0);
   if (!ep.ok() || *ep < 0) {
     std::fprintf(stderr, "bench: --expert_parallel_size (%s) must be 0 (all ranks) or a positive integer\n",

@@ -70,71 +70,16 @@ int64_t PeakResidentBytes() {
   return 0;
 }
 
-absl::StatusOr<std::pair<at::Tensor, at::Tensor>> BenchBatch(const TrainConfig& config, int64_t batch, int64_t first,
-                                                             bool random_tokens) {
+absl::StatusOr<Batch> BenchBatch(const TrainConfig& config, int64_t batch, int64_t first, bool random_tokens) {
   const int64_t S = config.data().seq_len(), V = config.model().vocab_size();
   if (random_tokens) {
     at::Generator gen = at::detail::createCPUGenerator(config.train().seed() + 7919 * static_cast<uint64_t>(first));
     const at::Tensor ids = at::randint(V, {batch, S + 1}, gen, at::kLong);
-    return std::make_pair(ids.narrow(1, 0, S).contiguous(), ids.narrow(1, 1, S).contiguous());
+    return Batch{ids.narrow(1, 0, S).contiguous(), ids.narrow(1, 1, S).contiguous()};
   }
   auto loader = DataLoader::Create(config.data(), V, config.train().seed());
   if (!loader.ok()) return loader.status();
-  auto b = (*loader)->TrainBatch(/*step=*/0, first + batch, first, batch);
-  if (!b.ok()) return b.status();
-  return std::make_pair(b->inputs, b->targets);
-}
-
-TrainStep::TrainStep(const TrainConfig& config, ParallelContext* ctx) : config_(config), ctx_(ctx) {
-  model = Transformer(TransformerOptionsFromConfig(config.model()));
-  if (ctx_ != nullptr) ctx_->ShardExperts(model);
-  model->reset_parameters(config.train().seed());
-  std::vector<std::pair<std::string, at::Tensor>> named;
-  for (const auto& item : model->named_parameters()) {
-    named.emplace_back(item.key(), item.value());
-    params.push_back(item.value());
-  }
-  AdamWOptions o;
-  o.beta1 = config.optim().beta1();
-  o.beta2 = config.optim().beta2();
-  o.eps = config.optim().eps();
-  o.weight_decay = config.optim().weight_decay();
-  optimizer = std::make_unique<AdamW>(named, o);
-}
-
-double TrainStep::ForwardBackward(const at::Tensor& inputs, const at::Tensor& targets) {
-  const auto t0 = BenchClock::now();
-  for (at::Tensor& p : params) p.mutable_grad().reset();
-  ModelOutput out = model(inputs, targets);
-  out.loss.backward();
-  last_loss = out.loss.item<double>();
-  last_lm_loss = out.lm_loss.item<double>();
-  return SecondsSince(t0);
-}
-
-double TrainStep::Update(double lr) {
-  const auto t0 = BenchClock::now();
-  const double clip = config_.optim().grad_clip();
-  if (ctx_ != nullptr) {
-    std::vector<double> losses = {last_loss, last_lm_loss};  // the trainer's per-step metric reduction
-    ctx_->SumOverRanks(losses);
-    ctx_->SyncGradients(model);
-    ctx_->ClipGradNorm(model, clip);
-  } else {
-    ClipGradNorm(params, clip);
-  }
-  optimizer->step(lr);
-  return SecondsSince(t0);
-}
-
-double TrainStep::Run(const at::Tensor& inputs, const at::Tensor& targets) {
-  return ForwardBackward(inputs, targets) + Update(config_.optim().lr());
-}
-
-double TrainStep::GradNormSeconds(double* norm) {
-  const auto t0 = BenchClock::now();
-  *norm = ctx_ != nullptr ? ctx_->GradNorm(model) : GradNorm(params);
-  return SecondsSince(t0);
+  return (*loader)->TrainBatch(/*step=*/0, first + batch, first, batch);
 }
 
 }  // namespace hybridmoe

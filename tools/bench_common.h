@@ -1,13 +1,11 @@
 // Shared pieces of tools/bench: statistics over repeated timings, the machine's fp32 matmul peak measured
-// in-process, FLOP accounting, resident memory, and one training step with the trainer's semantics.
+// in-process, FLOP accounting, resident memory and the bench's fixed batch. The step that tools/bench times
+// is the trainer's own (Trainer::Step, tools/training.h).
 //
 // Every figure that tools/bench reports as a ratio is taken within one process, with the same intra-op
 // threads, interleaving the two sides round by round (A B A B ...), so that other load on the machine hits
 // both sides alike; the median over rounds is reported, and the spread (min, max) beside it.
 //
-// TrainStep reproduces tools/trainer.cc's step on a fixed batch: gradients reset, forward, backward,
-// gradient sync, global grad-norm clip, AdamW. With a ParallelContext it uses the context's collectives
-// (as the trainer does); without one (the 1-rank side of a 2-rank run) core/optim.h's ClipGradNorm.
 #pragma once
 
 #include <chrono>
@@ -18,9 +16,8 @@
 
 #include <ATen/ATen.h>
 
-#include "core/optim.h"
-#include "models/transformer.h"
-#include "parallel/context.h"
+#include "absl/status/statusor.h"
+#include "core/data.h"
 #include "proto/config.pb.h"
 
 namespace hybridmoe {
@@ -50,31 +47,6 @@ FlopCount CountFlops(const TrainConfig& config);
 int64_t PeakResidentBytes();
 
 // A fixed batch of `batch` sequences: from the config's training data, or uniform random tokens.
-absl::StatusOr<std::pair<at::Tensor, at::Tensor>> BenchBatch(const TrainConfig& config, int64_t batch, int64_t first,
-                                                             bool random_tokens);
-
-class TrainStep {
- public:
-  // Builds the model of `config` (experts sharded by `ctx` when given), initialised with train.seed.
-  TrainStep(const TrainConfig& config, ParallelContext* ctx);
-  // One full training step on (inputs, targets); returns its wall time in seconds.
-  double Run(const at::Tensor& inputs, const at::Tensor& targets);
-  // Forward + backward only (gradients left in place), no optimizer; returns seconds.
-  double ForwardBackward(const at::Tensor& inputs, const at::Tensor& targets);
-  // The rest of a step: loss reduction over ranks, gradient sync, clip, AdamW at `lr`; returns seconds.
-  double Update(double lr);
-
-  Transformer model{nullptr};
-  std::unique_ptr<AdamW> optimizer;
-  std::vector<at::Tensor> params;
-  // The trainer's global gradient norm (ParallelContext::GradNorm, or core/optim.h's GradNorm); seconds.
-  double GradNormSeconds(double* norm);
-
-  double last_loss = 0, last_lm_loss = 0;
-
- private:
-  TrainConfig config_;
-  ParallelContext* ctx_;
-};
+absl::StatusOr<Batch> BenchBatch(const TrainConfig& config, int64_t batch, int64_t first, bool random_tokens);
 
 }  // namespace hybridmoe

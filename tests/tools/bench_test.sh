@@ -1,9 +1,10 @@
 #!/bin/bash
 # Smoke test of bazel-bin/tools/bench on a tiny config (no timing assertions): one process with every
 # section (transformers side-by-side included), then two ranks under mpirun; checks that the JSON report
-# holds every figure and ratio, that the phase shares add up to the step, that the re-enacted forward of
-# the phase breakdown reproduces the model's loss, and that both sides of the transformers comparison
-# start from the same weights and batch (equal first-step loss).
+# holds every figure and ratio, that the phase shares of the trainer's own step add up to the step, that the
+# phase timer does not change the step's math (timed and untimed steps on the same weights give the same
+# loss), and that both sides of the transformers comparison start from the same weights and batch (equal
+# first-step loss).
 #   bench_test.sh <bench> <configs/bench.textproto> <hf_bench.py> <convert_hf>
 set -euo pipefail
 BENCH="$1"; CONFIG="$2"; HF_SCRIPT="$3"; CONVERT="$4"
@@ -51,8 +52,10 @@ if abs(sum(shares.values()) - 1) > 0.02:
     sys.exit(f"FAIL: phase shares sum to {sum(shares.values())}")
 if shares["experts"] <= 0 or shares["attention"] <= 0:
     sys.exit(f"FAIL: experts/attention shares not measured: {shares}")
-if get("phases.loss_rel_diff") > 1e-5:
-    sys.exit(f"FAIL: re-enacted loss {get('phases.reenacted_loss')} != model loss {get('phases.model_loss')}")
+if shares["optimizer"] <= 0 or shares["router"] <= 0:
+    sys.exit(f"FAIL: optimizer/router shares not measured: {shares}")
+if get("phases.loss_rel_diff") > 1e-7:
+    sys.exit(f"FAIL: timed step loss {get('phases.timed_loss')} != untimed step loss {get('phases.model_loss')}")
 ckpt = get("activation_checkpointing")
 if ckpt["loss_rel_diff"] > 1e-6 or ckpt["grad_norm_max_rel_diff"] > 1e-4:
     sys.exit(f"FAIL: activation checkpointing changes the loss or gradients: {get('activation_checkpointing')}")
@@ -89,8 +92,8 @@ if r["phases"]["shares"]["all_to_all"] <= 0:
     sys.exit("FAIL: no all-to-all time attributed with 2 ranks")
 if not r["all_to_all"].get("receive_pool_bytes_rank0", 0) > 0:
     sys.exit("FAIL: the exchanges kept no receive buffer for reuse")
-if r["phases"]["loss_rel_diff"] > 1e-5:
-    sys.exit("FAIL: re-enacted loss differs with 2 ranks")
+if r["phases"]["loss_rel_diff"] > 1e-7:
+    sys.exit("FAIL: the timed step's loss differs from the untimed one with 2 ranks")
 print("2-rank report ok")
 PY
 echo PASS
