@@ -129,6 +129,10 @@ TransformerOptions TransformerOptionsFromConfig(const ModelConfig& c) {
   return o;
 }
 
+bool IsExpertName(std::string_view name) {
+  return name.rfind("blocks.", 0) == 0 && name.find(kExpertsInfix) != std::string_view::npos;
+}
+
 bool IsMoeLayer(int64_t layer, int64_t every_n_layers) {
   return every_n_layers > 0 && (layer + 1) % every_n_layers == 0;
 }

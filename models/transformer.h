@@ -9,6 +9,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -45,6 +46,14 @@ TransformerOptions TransformerOptionsFromConfig(const ModelConfig& config);
 // Whether block `layer` has an MoE FFN.
 bool IsMoeLayer(int64_t layer, int64_t every_n_layers);
 InitPlan MakeInitPlan(const TransformerOptions& options, uint64_t seed);
+
+// Expert parameters are the tensors of each MoE layer's GroupedExperts module: blocks.<i>.moe.experts.<leaf>
+// ([E_local, ...]), stored in checkpoints per expert as blocks.<i>.moe.experts.<e>.<leaf> (models/weights.h).
+// The one test of whether a parameter or checkpoint key is an expert's (gradient sync, the trainer's
+// per-block norms, checkpoints and weights all use it; tests/models/accounting_test holds it equal to
+// module membership for every strategy and layout).
+inline constexpr char kExpertsInfix[] = ".moe.experts.";
+bool IsExpertName(std::string_view name);
 
 struct ModelOutput {
   at::Tensor logits;   // [B, S, V]

@@ -17,23 +17,21 @@
 namespace hybridmoe {
 namespace {
 
-constexpr char kExperts[] = ".moe.experts.";
-
 std::string ShapeString(at::IntArrayRef shape) { return absl::StrCat("[", absl::StrJoin(shape, ","), "]"); }
 
 // "blocks.<i>.moe.experts.<leaf>" -> (i, leaf); false for any other name.
 bool SplitExpertParam(const std::string& name, int64_t* block, std::string* leaf) {
-  const size_t pos = name.find(kExperts);
-  if (name.rfind("blocks.", 0) != 0 || pos == std::string::npos) return false;
-  *leaf = name.substr(pos + sizeof(kExperts) - 1);
+  if (!IsExpertName(name)) return false;
+  const size_t pos = name.find(kExpertsInfix);
+  *leaf = name.substr(pos + sizeof(kExpertsInfix) - 1);
   return leaf->find('.') == std::string::npos && absl::SimpleAtoi(name.substr(7, pos - 7), block);
 }
 
 // Whether `key` is blocks.<i>.moe.experts.<g>.<leaf> for an expert of this model that another rank holds.
 bool IsOtherRanksExpert(Transformer& model, const std::string& key, const std::set<std::string>& param_names) {
-  const size_t pos = key.find(kExperts);
-  if (key.rfind("blocks.", 0) != 0 || pos == std::string::npos) return false;
-  const std::vector<std::string> rest = absl::StrSplit(key.substr(pos + sizeof(kExperts) - 1), '.');
+  if (!IsExpertName(key)) return false;
+  const size_t pos = key.find(kExpertsInfix);
+  const std::vector<std::string> rest = absl::StrSplit(key.substr(pos + sizeof(kExpertsInfix) - 1), '.');
   int64_t block = 0, expert = 0;
   if (rest.size() != 2 || !absl::SimpleAtoi(key.substr(7, pos - 7), &block) || !absl::SimpleAtoi(rest[0], &expert)) {
     return false;
@@ -42,7 +40,7 @@ bool IsOtherRanksExpert(Transformer& model, const std::string& key, const std::s
     return false;
   }
   return expert >= 0 && expert < model->blocks[block]->moe->options.num_experts &&
-         param_names.count(key.substr(0, pos + sizeof(kExperts) - 1) + rest[1]) > 0;
+         param_names.count(key.substr(0, pos + sizeof(kExpertsInfix) - 1) + rest[1]) > 0;
 }
 
 template <typename Names>

@@ -1,10 +1,9 @@
 #include "parallel/grad_sync.h"
 
-#include <unordered_set>
 
 #include <ATen/core/grad_mode.h>
 
-#include "moe/experts.h"
+#include "models/transformer.h"
 
 namespace hybridmoe {
 namespace {
@@ -57,16 +56,9 @@ void AllReduceGradients(const std::vector<at::Tensor>& params, Communicator& com
 }
 
 ParameterSets SplitParameters(const torch::nn::Module& model) {
-  std::unordered_set<const c10::TensorImpl*> expert_params;
-  std::vector<const torch::nn::Module*> modules = {&model};
-  for (const auto& m : model.modules(/*include_self=*/false)) modules.push_back(m.get());
-  for (const torch::nn::Module* module : modules) {
-    if (module->as<GroupedExpertsImpl>() == nullptr) continue;
-    for (const at::Tensor& p : module->parameters()) expert_params.insert(p.unsafeGetTensorImpl());
-  }
   ParameterSets sets;
-  for (const at::Tensor& p : model.parameters()) {
-    (expert_params.count(p.unsafeGetTensorImpl()) ? sets.experts : sets.replicated).push_back(p);
+  for (const auto& item : model.named_parameters()) {
+    (IsExpertName(item.key()) ? sets.experts : sets.replicated).push_back(item.value());
   }
   return sets;
 }

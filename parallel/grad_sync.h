@@ -25,10 +25,10 @@ void AllReduceGradients(const std::vector<at::Tensor>& params, Communicator& com
                         std::string_view what, int64_t bucket_bytes = kDefaultBucketBytes);
 
 struct ParameterSets {
-  std::vector<at::Tensor> replicated;  // everything outside GroupedExperts modules (routers included)
-  std::vector<at::Tensor> experts;     // parameters of GroupedExperts modules: this rank's expert shards
+  std::vector<at::Tensor> replicated;  // everything but the experts (routers included)
+  std::vector<at::Tensor> experts;     // this rank's expert shards (IsExpertName, models/transformer.h)
 };
-// Both in parameters() order.
+// Both in parameters() order; `model` is a Transformer (parameter names blocks.<i>....).
 ParameterSets SplitParameters(const torch::nn::Module& model);
 
 }  // namespace hybridmoe

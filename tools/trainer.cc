@@ -64,7 +64,7 @@ std::vector<std::pair<std::string, double>> PerBlockGradNorms(Transformer& model
       const at::Tensor& g = item.value().grad();
       if (!g.defined()) continue;
       const std::string& k = item.key();
-      const bool expert = k.rfind("moe.experts.", 0) == 0;
+      const bool expert = IsExpertName(absl::StrCat("blocks.", i, ".", k));
       if (!expert && ctx.ep_rank() != 0) continue;
       const double sq = g.to(at::kDouble).pow(2).sum().item<double>();
       if (k.rfind("attn.", 0) == 0) {

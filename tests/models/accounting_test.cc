@@ -63,6 +63,11 @@ struct Counted {
 
 Counted CountBuilt(Transformer& model) {
   Counted c;
+  // IsExpertName (the name test everything else uses) agrees with module membership.
+  std::set<const c10::TensorImpl*> in_expert_modules;
+  for (const MoeLayer& moe : model->moe_layers()) {
+    for (const at::Tensor& p : moe->experts->parameters()) in_expert_modules.insert(p.unsafeGetTensorImpl());
+  }
   c.by_block.assign(model->blocks.size(), 0);
   for (const auto& p : model->named_parameters()) {
     const std::string& name = p.key();
@@ -70,6 +75,7 @@ Counted CountBuilt(Transformer& model) {
     c.by_component[ComponentOf(name)] += p.value().numel();
     if (name.rfind("blocks.", 0) == 0) c.by_block[std::stoll(name.substr(7))] += p.value().numel();
     if (Contains(name, ".moe.experts.")) c.experts += p.value().numel();
+    EXPECT_EQ(IsExpertName(name), in_expert_modules.count(p.value().unsafeGetTensorImpl()) > 0) << name;
   }
   c.active = c.total;
   const int64_t k = model->options.moe.top_k;
