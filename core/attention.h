@@ -1,7 +1,7 @@
 // Causal multi-head self-attention with rotary embeddings and optional q/k/v normalisation.
 //
 // Shapes: x_BSD -> q,k,v [B, H, S, h_d] -> fused scaled-dot-product attention (causal) -> [B, S, D] -> W_O.
-// q/k/v norms (SPEC section 2): FULL_WIDTH normalises the D-wide projection before the head split
+// q/k/v norms (docs/formulas.md section 1.5): FULL_WIDTH normalises the D-wide projection before the head split
 // (OLMoE), PER_HEAD normalises each h_d-wide head with one weight shared by all heads (HybridNorm).
 // RoPE (theta, rotate-half convention) is applied to q and k after their norms. NormFormer's
 // learnable per-head scale multiplies each head's output before W_O.

@@ -1,4 +1,4 @@
-// Dense SwiGLU feed-forward: down(silu(gate(x)) * up(x)), no biases (SPEC section 1).
+// Dense SwiGLU feed-forward: down(silu(gate(x)) * up(x)), no biases (docs/formulas.md section 1.4).
 //
 // Shapes: x [..., D] -> hidden [..., F] -> [..., D]. NormFormer adds a norm on the F-wide hidden
 // activation (`hidden_norm`). Parameter names (w_gate [F, D], w_up [F, D], w_down [D, F], hidden_norm)

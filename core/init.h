@@ -1,4 +1,4 @@
-// Weight initialisation (SPEC section 3).
+// Weight initialisation (docs/formulas.md section 3).
 //
 // Every weight is drawn from a truncated normal (cut at +-3 sigma) with its own generator seeded from
 // (run seed, parameter name[, global expert id]), so a model's initial weights do not depend on the

@@ -1,4 +1,4 @@
-// Normalisation layers (SPEC section 1).
+// Normalisation layers (docs/formulas.md sections 1.1-1.2).
 //
 // RMSNorm:   y = g * x / sqrt(mean(x^2) + eps), statistics in fp32 over the last dim, the normalised
 //            value cast back to the input dtype before the multiply by g. No bias.

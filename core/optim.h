@@ -4,7 +4,7 @@
 // Update for each parameter p with gradient g at step t (1-based):
 //   p <- p * (1 - lr * wd);  m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
 //   p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
-// Weight decay applies to every parameter (SPEC's recipe). A parameter whose gradient is undefined
+// Weight decay applies to every parameter (docs/formulas.md section 7.1). A parameter whose gradient is undefined
 // (e.g. an expert that saw no token) is treated as having a zero gradient, so every rank's state evolves
 // identically. State tensors are named after their parameters (checkpoint keys: <name>.exp_avg, ...).
 #pragma once

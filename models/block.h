@@ -1,7 +1,7 @@
 // The transformer block, where the norm strategy is interpreted - in exactly one place.
 //
 // ResolveBlockLayout() maps (strategy, block index, depth) to a BlockLayout: the form of each of the two
-// sub-layers (SPEC section 2) plus the attention/FFN extras the strategy asks for. TransformerBlock only
+// sub-layers (docs/formulas.md section 2.1) plus the attention/FFN extras the strategy asks for. TransformerBlock only
 // follows the layout, so the FFN slot can be dense or MoE independently of the strategy.
 //   kPre           Y = X + s * F(N(X))
 //   kPost          Y = N(X + F(X))

@@ -11,7 +11,7 @@ namespace hybridmoe {
 
 namespace {
 
-// bf16 autocast for a model on a GPU (SPEC's training recipe): matmuls and attention run in bf16 while
+// bf16 autocast for a model on a GPU (docs/formulas.md sections 1.3, 7.3): matmuls and attention run in bf16 while
 // parameters, gradients and optimizer state stay fp32; norm statistics, the router softmax and the losses
 // stay fp32 (at_least_fp32). A no-op on the CPU and when the caller already enabled autocast.
 class CudaAutocast {

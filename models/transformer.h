@@ -1,5 +1,5 @@
 // The full model: token embedding -> blocks -> final norm -> untied LM head, and the training loss
-//   loss = token-mean cross-entropy + w_lb * mean_l LB_l + w_z * mean_l Z_l   (SPEC section 4),
+//   loss = token-mean cross-entropy + w_lb * mean_l LB_l + w_z * mean_l Z_l   (docs/formulas.md section 6.1),
 // the means taken over the MoE blocks. Model code is single-device; expert parallelism is applied from
 // outside by swapping each MoE layer's dispatcher (parallel/).
 // TransformerOptionsFromConfig is the one place where the config proto becomes module options.

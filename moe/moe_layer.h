@@ -2,7 +2,7 @@
 //
 // Legend: T tokens, D width, E experts, K top-k, S kept slots.
 // forward(x_TD) returns y_TD = sum_k w_tk * Expert_{e_tk}(x_t) and the layer's unweighted load-balance
-// and z losses (SPEC section 4; under expert parallelism f and P are this rank's micro-batch). Routing
+// and z losses (docs/formulas.md section 4; under expert parallelism f and P are this rank's micro-batch). Routing
 // counters accumulate into `stats` (buffers read and reset outside forward, by the trainer).
 // The dispatcher defaults to LocalDispatcher; the trainer swaps in the expert-parallel one.
 #pragma once

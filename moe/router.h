@@ -1,4 +1,4 @@
-// Router math as pure functions of tensors (SPEC section 4, OLMoE semantics).
+// Router math as pure functions of tensors (docs/formulas.md section 4, OLMoE semantics).
 //
 // Legend: T tokens, D model width, E experts, K top-k.
 //   logits_TE = x_TD W_g^T            (W_g: [E, D], no bias)

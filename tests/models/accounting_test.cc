@@ -1,7 +1,7 @@
 // Holds models/accounting.h equal to the real model: for every preset and a cross product of strategies,
 // norm kinds, q/k/v granularities and dense/MoE mixes, the counts from the config alone must equal the
 // numel of a built Transformer's named_parameters(), per component and per block, exactly. The OLMoE
-// numbers are checked against SPEC section 5 without building the 6.9B model.
+// numbers are checked against docs/formulas.md section 5.4 without building the 6.9B model.
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -182,7 +182,7 @@ TEST(AccountingTest, ExpertParallelShardMatchesBuiltShard) {
   }
 }
 
-// SPEC section 5, without building the model.
+// docs/formulas.md section 5.4, without building the model.
 TEST(AccountingTest, OlmoeMatchesSpec) {
   const ModelAccount a = AccountModel(Load("configs/olmoe_1b7b.textproto"), 1);
   EXPECT_EQ(a.total_params, 6919161856);

@@ -1,4 +1,4 @@
-// Every norm strategy: one block checked against a direct, independent evaluation of its SPEC section 2
+// Every norm strategy: one block checked against a direct, independent evaluation of its docs/formulas.md section 2
 // formula (plain tensor math: explicit causal softmax attention, RoPE from its definition, a per-token
 // MoE loop), and a finite-difference gradient check of a tiny model per strategy.
 // Tolerances: block outputs 2e-5 absolute in fp32 (different summation orders); gradients 1e-6 relative
@@ -97,7 +97,7 @@ at::Tensor RefMoe(const at::Tensor& x, const Params& p, const std::string& pre, 
   return y.view(x.sizes());
 }
 
-// The SPEC table, written out per strategy without models/block.h's layout resolution.
+// The table of docs/formulas.md section 2.2, written out per strategy without models/block.h's layout resolution.
 at::Tensor RefBlock(NormStrategy s, int64_t layer, NormKind kind, const at::Tensor& X, const Params& p) {
   auto N = [&](const std::string& name, const at::Tensor& x) { return RefNorm(x, p, name, kind); };
   auto MoE = [&](const at::Tensor& x, bool hidden_norm = false) { return RefMoe(x, p, "moe.", hidden_norm, kind); };
