@@ -126,24 +126,28 @@ absl::StatusOr<std::unique_ptr<TokenFile>> TokenFile::Open(const std::string& pa
       descr.erase(std::remove(descr.begin(), descr.end(), '\''), descr.end());
       RETURN_IF_ERROR(ParseDescr(path, descr, &f->bytes_per_token_, &f->signed_));
       if (field("fortran_order").find("True") != std::string::npos) {
-        return absl::InvalidArgumentError(absl::StrCat("data file ", path, ": Fortran-order arrays are not supported"));
+        return absl::InvalidArgumentError(absl::StrCat("data file ", path, ": Fortran-order arrays are not supported (save a C-order array: np.ascontiguousarray)"));
       }
-      int64_t numel = 1;
+      // The element count saturates past the file size: a corrupt shape cannot overflow into a match.
+      uint64_t numel = 1;
       const std::string shape = field("shape");
       for (size_t i = 0; i < shape.size();) {
         if (std::isdigit(static_cast<unsigned char>(shape[i]))) {
-          size_t j = i;
-          while (j < shape.size() && std::isdigit(static_cast<unsigned char>(shape[j]))) ++j;
-          numel *= std::stoll(shape.substr(i, j - i));
-          i = j;
+          uint64_t dim = 0;
+          for (; i < shape.size() && std::isdigit(static_cast<unsigned char>(shape[i])); ++i) {
+            dim = std::min<uint64_t>(dim * 10 + static_cast<uint64_t>(shape[i] - '0'), m.bytes + 1);
+          }
+          numel = dim == 0 ? 0 : (numel > (m.bytes + 1) / dim ? m.bytes + 1 : numel * dim);
         } else {
           ++i;
         }
       }
-      if (data_offset + static_cast<size_t>(numel) * f->bytes_per_token_ != m.bytes) {
-        return absl::InvalidArgumentError(absl::StrCat("data file ", path, ": .npy header says shape ", shape, " of ",
-                                                       descr, " (", numel * f->bytes_per_token_, " bytes) but ",
-                                                       m.bytes - data_offset, " data bytes follow (truncated file?)"));
+      const bool too_big = numel > m.bytes;
+      if (too_big || data_offset + numel * f->bytes_per_token_ != m.bytes) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "data file ", path, ": .npy header says shape ", shape, " of ", descr, " (",
+            too_big ? std::string("more than the file's") : absl::StrCat(numel * f->bytes_per_token_), " bytes) but ",
+            m.bytes - data_offset, " data bytes follow (truncated file?)"));
       }
       f->format_name_ = "npy " + descr;
       break;
@@ -174,18 +178,26 @@ absl::StatusOr<std::unique_ptr<TokenFile>> TokenFile::Open(const std::string& pa
           f->bytes_per_token_ = kWidth[code];
           f->signed_ = kSigned[code];
           const uint64_t sequences = u64(18), documents = u64(26);
-          const uint64_t need = 34 + sequences * 4 + sequences * 8 + documents * 8;
-          if (idx.bytes < need) {
-            status = absl::InvalidArgumentError(absl::StrCat("data file ", idx_path, ": ", idx.bytes,
-                                                             " bytes, the header needs ", need, " (truncated?)"));
+          // 4 + 8 bytes per sequence (size, pointer), 8 per document offset. Compared by division: counts
+          // from a corrupt header near 2^64 would wrap a product into a small "needed" size.
+          const uint64_t room = idx.bytes - 34;
+          if (sequences > room / 12 || documents > (room - sequences * 12) / 8) {
+            status = absl::InvalidArgumentError(absl::StrCat(
+                "data file ", idx_path, ": header lists ", sequences, " sequences and ", documents,
+                " documents, more than its ", idx.bytes,
+                " bytes hold (34 + 12 per sequence + 8 per document; truncated or corrupt index)"));
           } else {
             uint64_t tokens = 0;
-            for (uint64_t i = 0; i < sequences; ++i) {
+            for (uint64_t i = 0; i < sequences && status.ok(); ++i) {
               int32_t size;
               std::memcpy(&size, p + 34 + i * 4, 4);
+              if (size < 0) {
+                status = absl::InvalidArgumentError(absl::StrCat("data file ", idx_path, ": sequence ", i,
+                                                                 " has negative size ", size, " (corrupt index)"));
+              }
               tokens += static_cast<uint64_t>(size);
             }
-            if (tokens * f->bytes_per_token_ != m.bytes) {
+            if (status.ok() && tokens * f->bytes_per_token_ != m.bytes) {
               status = absl::InvalidArgumentError(absl::StrCat(
                   "data file ", path, ": ", m.bytes, " bytes, but ", idx_path, " lists ", tokens, " tokens of ",
                   f->bytes_per_token_, " bytes (truncated file or mismatched index)"));

@@ -1,0 +1,60 @@
+#!/bin/bash
+# train --resume when the newest checkpoint's MANIFEST.json is absent or corrupt (models/checkpoint.cc:
+# FindLatestCheckpoint takes the newest step_* directory that has a MANIFEST.json; LoadCheckpoint verifies it):
+#  1. No MANIFEST.json in the newest directory (an incomplete checkpoint): it is skipped, the run resumes from
+#     the one before and ends with the losses of an uninterrupted run.
+#  2. A MANIFEST.json that is not valid JSON, or has no "files" entry: not skipped, not loaded: --resume ends
+#     with one line naming that manifest and the fault, and nothing already written changes (no silent
+#     fallback to an older checkpoint, which would drop steps without saying so).
+set -uo pipefail
+TRAIN="$1"
+CONFIG="$2"
+MAKE_TOKENS="$3"
+T="${TEST_TMPDIR:-$(mktemp -d)}"
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+python3 "$MAKE_TOKENS" slice /usr/share/common-licenses/GPL-3 "$T/train.bin" || fail "make_tokens"
+BASE="data { train { path: \"$T/train.bin\" } validation: \"\" seq_len: 32 micro_batch_size: 4 }
+model { d_model: 32 n_layers: 2 n_heads: 2 moe { num_experts: 4 top_k: 2 expert_hidden: 32 } }
+optim { warmup_steps: 5 lr: 1e-2 } parallel { num_threads: 2 }
+train { steps: 20 eval_interval: 0 } logging { log_interval: 5 } checkpoint { interval: 10 keep_last: 3 }"
+losses() {
+  python3 -c "
+import json, sys
+for l in open(sys.argv[1]):
+    r = json.loads(l)
+    if r['kind'] == 'train':
+        print({k: v for k, v in r.items() if k not in ('tokens_per_s', 'elapsed_s') and not k.startswith('router/all_to_all')})
+" "$1"
+}
+snapshot() { (cd "$1" && find . -type f | sort | xargs md5sum); }
+
+"$TRAIN" --config="$CONFIG" --override="$BASE" --out_dir="$T/straight" --quiet || fail "straight run"
+ls "$T/straight/checkpoints" | tr '\n' ' ' | grep -q "^step_00000010 step_00000020 $" \
+  || fail "expected checkpoints 10 and 20: $(ls "$T/straight/checkpoints")"
+
+# 1. Newest checkpoint without a manifest: skipped.
+cp -r "$T/straight" "$T/nomanifest"
+rm "$T/nomanifest/checkpoints/step_00000020/MANIFEST.json"
+"$TRAIN" --resume --override="$BASE" --out_dir="$T/nomanifest" 2>"$T/nomanifest.log" \
+  || { cat "$T/nomanifest.log"; fail "resume past a manifest-less checkpoint"; }
+grep -q "resuming from .*step_00000010 (step 10)" "$T/nomanifest.log" || { cat "$T/nomanifest.log"; fail "did not fall back to step 10"; }
+diff <(losses "$T/straight/metrics.jsonl") <(losses "$T/nomanifest/metrics.jsonl") || fail "losses after fallback differ"
+echo "ok: no MANIFEST.json in step_00000020 -> resumed from step 10, identical losses"
+
+# 2. Newest manifest corrupt: refused with one line, nothing changed.
+expect_refused() {  # NAME MANIFEST_CONTENT PATTERN
+  local dir="$T/$1"
+  cp -r "$T/straight" "$dir"
+  printf '%s' "$2" >"$dir/checkpoints/step_00000020/MANIFEST.json"
+  local before
+  before="$(snapshot "$dir")"
+  "$TRAIN" --resume --override="$BASE" --override='train { steps: 30 }' --out_dir="$dir" --quiet 2>"$T/err"
+  [[ $? != 0 ]] || fail "$1: corrupt manifest accepted"
+  [[ $(wc -l <"$T/err") == 1 ]] && grep -qF -- "step_00000020/MANIFEST.json: $3" "$T/err" || { cat "$T/err"; fail "$1: message"; }
+  [[ "$(snapshot "$dir")" == "$before" ]] || fail "$1: a refused resume changed the run directory"
+  echo "ok: $1 -> $(sed "s|$T/||g" "$T/err")"
+}
+expect_refused truncated_json '{"files": {"model.safetensors": {"bytes": 12' "not valid JSON"
+expect_refused no_files '{"format": 1}' 'no "files" entry'
+echo PASS
