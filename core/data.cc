@@ -25,32 +25,6 @@ uint64_t Mix64(uint64_t x) {
 
 namespace {
 
-struct Mapping {
-  void* map = nullptr;
-  size_t bytes = 0;
-};
-
-absl::StatusOr<Mapping> MapFile(const std::string& path) {
-  const int fd = open(path.c_str(), O_RDONLY);
-  if (fd < 0) return absl::NotFoundError(absl::StrCat("data file ", path, ": ", std::strerror(errno)));
-  struct stat st;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    close(fd);
-    return absl::InvalidArgumentError(absl::StrCat("data file ", path, ": not a regular file"));
-  }
-  Mapping m;
-  m.bytes = static_cast<size_t>(st.st_size);
-  if (m.bytes > 0) {
-    m.map = mmap(nullptr, m.bytes, PROT_READ, MAP_SHARED, fd, 0);
-    if (m.map == MAP_FAILED) {
-      close(fd);
-      return absl::InternalError(absl::StrCat("data file ", path, ": mmap failed: ", std::strerror(errno)));
-    }
-  }
-  close(fd);
-  return m;
-}
-
 bool EndsWith(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
@@ -84,34 +58,33 @@ absl::StatusOr<std::unique_ptr<TokenFile>> TokenFile::Open(const std::string& pa
       format = DataConfig::RAW;
     }
   }
-  ASSIGN_OR_RETURN(Mapping m, MapFile(path));
-  f->map_ = m.map;
-  f->map_bytes_ = m.bytes;
-  const uint8_t* base = static_cast<const uint8_t*>(m.map);
+  ASSIGN_OR_RETURN(f->map_, MappedFile::Open(path, "data file"));
+  const MappedFile& m = f->map_;
+  const uint8_t* base = m.data();
   size_t data_offset = 0;
   switch (format) {
     case DataConfig::AUTO:
     case DataConfig::RAW:
       f->bytes_per_token_ = dtype == DataConfig::UINT32 ? 4 : 2;
       f->format_name_ = absl::StrCat("raw ", DataConfig::Dtype_Name(dtype));
-      if (m.bytes % f->bytes_per_token_ != 0) {
-        return absl::InvalidArgumentError(absl::StrCat("data file ", path, ": size ", m.bytes,
+      if (m.size() % f->bytes_per_token_ != 0) {
+        return absl::InvalidArgumentError(absl::StrCat("data file ", path, ": size ", m.size(),
                                                        " bytes is not a multiple of ", f->bytes_per_token_,
                                                        " (data.dtype ", DataConfig::Dtype_Name(dtype),
                                                        "); wrong dtype or truncated file"));
       }
       break;
     case DataConfig::NPY: {
-      if (m.bytes < 10 || std::memcmp(base, "\x93NUMPY", 6) != 0) {
+      if (m.size() < 10 || std::memcmp(base, "\x93NUMPY", 6) != 0) {
         return absl::InvalidArgumentError(absl::StrCat("data file ", path, ": not a NumPy .npy file (bad magic)"));
       }
       const int major = base[6];
       const size_t len_bytes = major == 1 ? 2 : 4;
-      if (m.bytes < 8 + len_bytes) return absl::InvalidArgumentError(absl::StrCat("data file ", path, ": truncated .npy header"));
+      if (m.size() < 8 + len_bytes) return absl::InvalidArgumentError(absl::StrCat("data file ", path, ": truncated .npy header"));
       size_t header_len = base[8] | (base[9] << 8);
       if (len_bytes == 4) header_len |= (static_cast<size_t>(base[10]) << 16) | (static_cast<size_t>(base[11]) << 24);
       data_offset = 8 + len_bytes + header_len;
-      if (data_offset > m.bytes) return absl::InvalidArgumentError(absl::StrCat("data file ", path, ": truncated .npy header"));
+      if (data_offset > m.size()) return absl::InvalidArgumentError(absl::StrCat("data file ", path, ": truncated .npy header"));
       const std::string header(reinterpret_cast<const char*>(base + 8 + len_bytes), header_len);
       auto field = [&](const std::string& key) -> std::string {
         const size_t k = header.find("'" + key + "'");
@@ -135,34 +108,34 @@ absl::StatusOr<std::unique_ptr<TokenFile>> TokenFile::Open(const std::string& pa
         if (std::isdigit(static_cast<unsigned char>(shape[i]))) {
           uint64_t dim = 0;
           for (; i < shape.size() && std::isdigit(static_cast<unsigned char>(shape[i])); ++i) {
-            dim = std::min<uint64_t>(dim * 10 + static_cast<uint64_t>(shape[i] - '0'), m.bytes + 1);
+            dim = std::min<uint64_t>(dim * 10 + static_cast<uint64_t>(shape[i] - '0'), m.size() + 1);
           }
-          numel = dim == 0 ? 0 : (numel > (m.bytes + 1) / dim ? m.bytes + 1 : numel * dim);
+          numel = dim == 0 ? 0 : (numel > (m.size() + 1) / dim ? m.size() + 1 : numel * dim);
         } else {
           ++i;
         }
       }
-      const bool too_big = numel > m.bytes;
-      if (too_big || data_offset + numel * f->bytes_per_token_ != m.bytes) {
+      const bool too_big = numel > m.size();
+      if (too_big || data_offset + numel * f->bytes_per_token_ != m.size()) {
         return absl::InvalidArgumentError(absl::StrCat(
             "data file ", path, ": .npy header says shape ", shape, " of ", descr, " (",
             too_big ? std::string("more than the file's") : absl::StrCat(numel * f->bytes_per_token_), " bytes) but ",
-            m.bytes - data_offset, " data bytes follow (truncated file?)"));
+            m.size() - data_offset, " data bytes follow (truncated file?)"));
       }
       f->format_name_ = "npy " + descr;
       break;
     }
     case DataConfig::MEGATRON: {
       const std::string idx_path = (EndsWith(path, ".bin") ? path.substr(0, path.size() - 4) : path) + ".idx";
-      ASSIGN_OR_RETURN(Mapping idx, MapFile(idx_path));
-      const uint8_t* p = static_cast<const uint8_t*>(idx.map);
+      ASSIGN_OR_RETURN(const MappedFile idx, MappedFile::Open(idx_path, "data file"));
+      const uint8_t* p = idx.data();
       auto u64 = [&](size_t off) {
         uint64_t v = 0;
         std::memcpy(&v, p + off, 8);
         return v;
       };
       absl::Status status = absl::OkStatus();
-      if (idx.bytes < 34 || std::memcmp(p, "MMIDIDX\x00\x00", 9) != 0) {
+      if (idx.size() < 34 || std::memcmp(p, "MMIDIDX\x00\x00", 9) != 0) {
         status = absl::InvalidArgumentError(absl::StrCat("data file ", idx_path, ": not a Megatron index (bad magic)"));
       } else if (u64(9) != 1) {
         status = absl::InvalidArgumentError(absl::StrCat("data file ", idx_path, ": index version ", u64(9),
@@ -180,11 +153,11 @@ absl::StatusOr<std::unique_ptr<TokenFile>> TokenFile::Open(const std::string& pa
           const uint64_t sequences = u64(18), documents = u64(26);
           // 4 + 8 bytes per sequence (size, pointer), 8 per document offset. Compared by division: counts
           // from a corrupt header near 2^64 would wrap a product into a small "needed" size.
-          const uint64_t room = idx.bytes - 34;
+          const uint64_t room = idx.size() - 34;
           if (sequences > room / 12 || documents > (room - sequences * 12) / 8) {
             status = absl::InvalidArgumentError(absl::StrCat(
                 "data file ", idx_path, ": header lists ", sequences, " sequences and ", documents,
-                " documents, more than its ", idx.bytes,
+                " documents, more than its ", idx.size(),
                 " bytes hold (34 + 12 per sequence + 8 per document; truncated or corrupt index)"));
           } else {
             uint64_t tokens = 0;
@@ -197,27 +170,22 @@ absl::StatusOr<std::unique_ptr<TokenFile>> TokenFile::Open(const std::string& pa
               }
               tokens += static_cast<uint64_t>(size);
             }
-            if (status.ok() && tokens * f->bytes_per_token_ != m.bytes) {
+            if (status.ok() && tokens * f->bytes_per_token_ != m.size()) {
               status = absl::InvalidArgumentError(absl::StrCat(
-                  "data file ", path, ": ", m.bytes, " bytes, but ", idx_path, " lists ", tokens, " tokens of ",
+                  "data file ", path, ": ", m.size(), " bytes, but ", idx_path, " lists ", tokens, " tokens of ",
                   f->bytes_per_token_, " bytes (truncated file or mismatched index)"));
             }
           }
           f->format_name_ = absl::StrCat("megatron dtype ", code);
         }
       }
-      munmap(idx.map, idx.bytes);
       RETURN_IF_ERROR(status);
       break;
     }
   }
   f->data_ = base + data_offset;
-  f->num_tokens_ = static_cast<int64_t>((m.bytes - data_offset) / f->bytes_per_token_);
+  f->num_tokens_ = static_cast<int64_t>((m.size() - data_offset) / f->bytes_per_token_);
   return f;
-}
-
-TokenFile::~TokenFile() {
-  if (map_ != nullptr) munmap(map_, map_bytes_);
 }
 
 absl::Status TokenFile::Read(int64_t offset, int64_t n, int64_t* out) const {

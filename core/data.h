@@ -23,6 +23,7 @@
 #include <ATen/ATen.h>
 
 #include "absl/status/statusor.h"
+#include "core/files.h"
 #include "proto/config.pb.h"
 
 namespace hybridmoe {
@@ -31,7 +32,6 @@ class TokenFile {
  public:
   static absl::StatusOr<std::unique_ptr<TokenFile>> Open(const std::string& path, DataConfig::Format format,
                                                          DataConfig::Dtype dtype, int64_t vocab_size);
-  ~TokenFile();
   TokenFile(const TokenFile&) = delete;
   TokenFile& operator=(const TokenFile&) = delete;
 
@@ -44,8 +44,7 @@ class TokenFile {
  private:
   TokenFile() = default;
   std::string path_;
-  void* map_ = nullptr;
-  size_t map_bytes_ = 0;
+  MappedFile map_;
   const uint8_t* data_ = nullptr;  // first token
   int64_t num_tokens_ = 0;
   int bytes_per_token_ = 2;

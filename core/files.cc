@@ -1,6 +1,9 @@
 #include "core/files.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -55,6 +58,46 @@ absl::Status MakeDirs(const std::string& path) {
     }
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path, const std::string& what) {
+  const std::string name = what.empty() ? path : absl::StrCat(what, " ", path);
+  const int fd = open(path.c_str(), O_RDONLY);
+  if (fd < 0) return absl::NotFoundError(absl::StrCat(name, ": cannot open: ", std::strerror(errno)));
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    return absl::InvalidArgumentError(absl::StrCat(name, ": not a regular file"));
+  }
+  MappedFile m;
+  m.path_ = path;
+  m.bytes_ = static_cast<size_t>(st.st_size);
+  if (m.bytes_ > 0) {
+    void* map = mmap(nullptr, m.bytes_, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (map == MAP_FAILED) {
+      const std::string why = std::strerror(errno);
+      close(fd);
+      m.bytes_ = 0;
+      return absl::InternalError(absl::StrCat(name, ": mmap failed: ", why));
+    }
+    m.map_ = map;
+  }
+  close(fd);
+  return m;
+}
+
+MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
+  if (this != &other) {
+    if (map_ != nullptr) munmap(map_, bytes_);
+    path_ = std::move(other.path_);
+    map_ = std::exchange(other.map_, nullptr);
+    bytes_ = std::exchange(other.bytes_, 0);
+  }
+  return *this;
+}
+
+MappedFile::~MappedFile() {
+  if (map_ != nullptr) munmap(map_, bytes_);
 }
 
 }  // namespace hybridmoe

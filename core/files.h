@@ -2,9 +2,13 @@
 // and mkdir -p. Errors name the path.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace hybridmoe {
 
@@ -15,5 +19,29 @@ std::string ReadFile(const std::string& path);  // empty when missing
 // Writes path.tmp, then renames it over path.
 absl::Status WriteFile(const std::string& path, const std::string& text);
 absl::Status MakeDirs(const std::string& path);  // mkdir -p
+
+// A read-only memory map of a whole regular file, unmapped by the destructor (movable, not copyable). The
+// one mmap helper: token files (core/data.cc) and safetensors (core/safetensors.cc) read through it.
+class MappedFile {
+ public:
+  // Errors start with "<what> <path>" (just the path when `what` is empty): ": cannot open: <errno text>",
+  // ": not a regular file", ": mmap failed: ...".
+  static absl::StatusOr<MappedFile> Open(const std::string& path, const std::string& what = "");
+  MappedFile() = default;
+  MappedFile(MappedFile&& other) noexcept { *this = std::move(other); }
+  MappedFile& operator=(MappedFile&& other) noexcept;
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  ~MappedFile();
+
+  const uint8_t* data() const { return static_cast<const uint8_t*>(map_); }
+  size_t size() const { return bytes_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  void* map_ = nullptr;
+  size_t bytes_ = 0;
+};
 
 }  // namespace hybridmoe

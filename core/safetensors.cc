@@ -168,42 +168,20 @@ absl::StatusOr<std::string> SafetensorsDtypeName(at::ScalarType type) {
       absl::StrCat("dtype ", c10::toString(type), " cannot be stored in safetensors (supported: ", KnownDtypes(), ")"));
 }
 
-SafetensorsReader::~SafetensorsReader() {
-  for (MappedFile& f : files_) {
-    if (f.map != nullptr) munmap(f.map, f.bytes);
-  }
-}
-
 absl::Status SafetensorsReader::AddFile(const std::string& path, std::map<std::string, SafetensorsEntry>* entries,
                                         std::map<std::string, std::string>* metadata) {
-  const int fd = open(path.c_str(), O_RDONLY);
-  if (fd < 0) return absl::NotFoundError(absl::StrCat(path, ": cannot open: ", ErrnoText()));
-  struct stat st;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    close(fd);
-    return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
-  }
-  MappedFile f;
-  f.path = path;
-  f.bytes = static_cast<size_t>(st.st_size);
-  if (f.bytes > 0) {
-    f.map = mmap(nullptr, f.bytes, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (f.map == MAP_FAILED) {
-      close(fd);
-      return absl::InternalError(absl::StrCat(path, ": mmap failed: ", ErrnoText()));
-    }
-  }
-  close(fd);
-  files_.push_back(f);  // unmapped by the destructor, whatever happens below
-  const auto* bytes = static_cast<const uint8_t*>(f.map);
-  if (f.bytes < 8) {
+  ASSIGN_OR_RETURN(MappedFile mapped, MappedFile::Open(path));
+  const size_t file_bytes = mapped.size();
+  const uint8_t* bytes = mapped.data();
+  files_.push_back(Shard{std::move(mapped)});  // unmapped by the destructor, whatever happens below
+  if (file_bytes < 8) {
     return absl::InvalidArgumentError(
-        absl::StrCat(path, ": file is ", f.bytes, " bytes, too short for the 8-byte header length (truncated file?)"));
+        absl::StrCat(path, ": file is ", file_bytes, " bytes, too short for the 8-byte header length (truncated file?)"));
   }
   uint64_t header_len = 0;
   std::memcpy(&header_len, bytes, 8);
-  if (header_len > f.bytes - 8) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": header length ", header_len, " exceeds the ", f.bytes - 8,
+  if (header_len > file_bytes - 8) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": header length ", header_len, " exceeds the ", file_bytes - 8,
                                                    " bytes after it (truncated file, or not a safetensors file?)"));
   }
   const std::string header(reinterpret_cast<const char*>(bytes + 8), header_len);
@@ -214,7 +192,7 @@ absl::Status SafetensorsReader::AddFile(const std::string& path, std::map<std::s
   ASSIGN_OR_RETURN(const json root, ParseJson(header, path + ": header"));
   if (!root.is_object()) return absl::InvalidArgumentError(absl::StrCat(path, ": header must be a JSON object"));
   files_.back().data = bytes + 8 + header_len;
-  files_.back().data_bytes = f.bytes - 8 - header_len;
+  files_.back().data_bytes = file_bytes - 8 - header_len;
   const uint64_t data_bytes = files_.back().data_bytes;
 
   std::map<std::string, SafetensorsEntry> local;
@@ -239,7 +217,7 @@ absl::Status SafetensorsReader::AddFile(const std::string& path, std::map<std::s
   for (auto& [name, e] : local) {
     if (entries->count(name)) {
       return absl::InvalidArgumentError(
-          absl::StrCat(path, ": tensor ", name, " also appears in ", files_[entries->at(name).file].path));
+          absl::StrCat(path, ": tensor ", name, " also appears in ", files_[entries->at(name).file].file.path()));
     }
     entries->emplace(name, std::move(e));
   }
@@ -323,7 +301,7 @@ const SafetensorsEntry* SafetensorsReader::entry(const std::string& name) const 
 
 const std::string& SafetensorsReader::file_of(const std::string& name) const {
   auto it = entries_.find(name);
-  return it == entries_.end() ? path_ : files_[it->second.file].path;
+  return it == entries_.end() ? path_ : files_[it->second.file].file.path();
 }
 
 absl::StatusOr<at::Tensor> SafetensorsReader::Read(const std::string& name) const {

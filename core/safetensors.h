@@ -29,6 +29,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "core/files.h"
 
 namespace hybridmoe {
 
@@ -45,7 +46,7 @@ class SafetensorsReader {
   // `path` is a .safetensors file, a model.safetensors.index.json, or a directory holding either
   // model.safetensors or model.safetensors.index.json.
   static absl::StatusOr<std::unique_ptr<SafetensorsReader>> Open(const std::string& path);
-  ~SafetensorsReader();
+  ~SafetensorsReader() = default;
   SafetensorsReader(const SafetensorsReader&) = delete;
   SafetensorsReader& operator=(const SafetensorsReader&) = delete;
 
@@ -63,10 +64,8 @@ class SafetensorsReader {
   const std::string& path() const { return path_; }
 
  private:
-  struct MappedFile {
-    std::string path;
-    void* map = nullptr;
-    size_t bytes = 0;
+  struct Shard {
+    MappedFile file;
     const uint8_t* data = nullptr;  // first byte of the data section
     uint64_t data_bytes = 0;
   };
@@ -75,7 +74,7 @@ class SafetensorsReader {
                        std::map<std::string, std::string>* metadata);
 
   std::string path_;
-  std::vector<MappedFile> files_;
+  std::vector<Shard> files_;
   std::map<std::string, SafetensorsEntry> entries_;
   std::map<std::string, std::string> metadata_;
 };
