@@ -2,10 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <fstream>
 #include <limits>
 #include <set>
+
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 
@@ -14,104 +15,26 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-class FlatJsonParser {
- public:
-  explicit FlatJsonParser(const std::string& s) : s_(s) {}
-
-  absl::StatusOr<MetricsRecord> Parse() {
-    MetricsRecord rec;
-    Skip();
-    if (!Eat('{')) return Error("expected '{'");
-    Skip();
-    if (Eat('}')) return Finish(rec);
-    while (true) {
-      Skip();
-      std::string key;
-      if (!String(&key)) return Error("expected a quoted key");
-      Skip();
-      if (!Eat(':')) return Error("expected ':'");
-      Skip();
-      if (Peek() == '"') {
-        std::string value;
-        if (!String(&value)) return Error("unterminated string");
-        rec.str[key] = value;
-      } else if (Word("null")) {
-        rec.num[key] = kNaN;
-      } else if (Word("true")) {
-        rec.num[key] = 1;
-      } else if (Word("false")) {
-        rec.num[key] = 0;
-      } else {
-        const char* begin = s_.c_str() + i_;
-        char* end = nullptr;
-        const double v = std::strtod(begin, &end);
-        if (end == begin) return Error("expected a number, string, true, false or null");
-        i_ += static_cast<size_t>(end - begin);
-        rec.num[key] = v;
-      }
-      Skip();
-      if (Eat(',')) continue;
-      if (Eat('}')) return Finish(rec);
-      return Error("expected ',' or '}'");
+// A line of metrics.jsonl is a flat object: every value a number, string, boolean or null.
+absl::StatusOr<MetricsRecord> ToRecord(const nlohmann::json& j) {
+  if (!j.is_object()) return absl::InvalidArgumentError("JSON: expected an object");
+  MetricsRecord rec;
+  for (const auto& [key, value] : j.items()) {
+    if (value.is_string()) {
+      rec.str[key] = value.get<std::string>();
+    } else if (value.is_null()) {
+      rec.num[key] = kNaN;
+    } else if (value.is_boolean()) {
+      rec.num[key] = value.get<bool>() ? 1 : 0;
+    } else if (value.is_number()) {
+      rec.num[key] = value.get<double>();
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("JSON: the value of \"", key, "\" is not a number, string, true, false or null"));
     }
   }
-
- private:
-  absl::StatusOr<MetricsRecord> Finish(const MetricsRecord& rec) {
-    Skip();
-    if (i_ != s_.size()) return Error("trailing characters after the object");
-    return rec;
-  }
-  absl::Status Error(const std::string& what) const {
-    return absl::InvalidArgumentError(absl::StrCat("JSON at byte ", i_, ": ", what));
-  }
-  char Peek() const { return i_ < s_.size() ? s_[i_] : '\0'; }
-  void Skip() {
-    while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\t' || s_[i_] == '\r' || s_[i_] == '\n')) ++i_;
-  }
-  bool Eat(char c) {
-    if (Peek() != c) return false;
-    ++i_;
-    return true;
-  }
-  bool Word(const char* w) {
-    const size_t n = std::char_traits<char>::length(w);
-    if (s_.compare(i_, n, w) != 0) return false;
-    i_ += n;
-    return true;
-  }
-  bool String(std::string* out) {
-    if (!Eat('"')) return false;
-    while (i_ < s_.size()) {
-      const char c = s_[i_++];
-      if (c == '"') return true;
-      if (c != '\\') {
-        out->push_back(c);
-        continue;
-      }
-      if (i_ >= s_.size()) return false;
-      const char e = s_[i_++];
-      switch (e) {
-        case 'n': out->push_back('\n'); break;
-        case 't': out->push_back('\t'); break;
-        case 'r': out->push_back('\r'); break;
-        case 'b': out->push_back('\b'); break;
-        case 'f': out->push_back('\f'); break;
-        case 'u': {  // metrics only escape control characters this way
-          if (i_ + 4 > s_.size()) return false;
-          out->push_back(static_cast<char>(std::strtol(s_.substr(i_, 4).c_str(), nullptr, 16) & 0x7f));
-          i_ += 4;
-          break;
-        }
-        default: out->push_back(e);
-      }
-    }
-    return false;
-  }
-
-  const std::string& s_;
-  size_t i_ = 0;
-};
+  return rec;
+}
 
 bool Finite(double v) { return std::isfinite(v); }
 
@@ -122,7 +45,17 @@ double MetricsRecord::Get(const std::string& key) const {
   return it == num.end() ? kNaN : it->second;
 }
 
-absl::StatusOr<MetricsRecord> ParseFlatJsonObject(const std::string& line) { return FlatJsonParser(line).Parse(); }
+absl::StatusOr<MetricsRecord> ParseFlatJsonObject(const std::string& line) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(line);
+  } catch (const nlohmann::json::parse_error& e) {
+    return absl::InvalidArgumentError(absl::StrCat("JSON at byte ", e.byte, ": ", e.what()));
+  } catch (const nlohmann::json::exception& e) {  // e.g. a number out of the range of a double
+    return absl::InvalidArgumentError(absl::StrCat("JSON: ", e.what()));
+  }
+  return ToRecord(j);
+}
 
 absl::StatusOr<RunMetrics> ReadRunMetrics(const std::string& path) {
   std::ifstream in(path);

@@ -2,8 +2,8 @@
 // (tools/compare_norms). Pure functions of the file contents, no LibTorch.
 //
 // metrics.jsonl holds one flat JSON object per line (tools/trainer.h): numbers, strings, booleans and
-// null (the trainer writes non-finite numbers as null; they read back here as NaN). Lines cut short by a
-// kill are ignored and counted. Records are grouped by their "kind": train, eval, skip, abort.
+// null (the trainer writes non-finite numbers as null; they read back here as NaN), parsed by nlohmann-json
+// (strings are UTF-8, \u escapes included). Lines cut short by a kill are ignored and counted. Records are grouped by their "kind": train, eval, skip, abort.
 //
 // Definitions used by the comparison report (docs/compare_norms.md repeats them):
 //   final train loss  mean of `loss` over the last `final_window` train records with a finite loss
@@ -35,7 +35,8 @@ struct MetricsRecord {
   int64_t Step() const { return static_cast<int64_t>(Get("step")); }
 };
 
-// Parses one flat JSON object; an error names what is wrong at which byte.
+// Parses one flat JSON object; an error names what is wrong (at which byte for malformed JSON). A nested
+// object or array is an error.
 absl::StatusOr<MetricsRecord> ParseFlatJsonObject(const std::string& line);
 
 struct RunMetrics {

@@ -15,6 +15,8 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include <nlohmann/json.hpp>
+
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -22,6 +24,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "core/config.h"
+#include "core/metrics.h"
 #include "core/status.h"
 #include "tools/cli.h"
 #include "tools/compare_metrics.h"
@@ -50,14 +53,14 @@ VariantStatus ReadStatus(const std::string& run_dir) {
 }
 
 absl::Status WriteStatus(const std::string& run_dir, const VariantStatus& s) {
-  std::string msg;
-  for (char c : s.message) {
-    if (c == '"' || c == '\\') msg.push_back('\\');
-    if (static_cast<unsigned char>(c) >= 0x20) msg.push_back(c);
-  }
-  return WriteFile(run_dir + "/sweep_status.json", absl::StrCat("{\"status\": \"", s.status, "\", \"wall_s\": ",
-                                                               absl::StrFormat("%.3f", s.wall_s), ", \"message\": \"",
-                                                               msg, "\"}\n"));
+  // The message is a line of a child's log, which may hold bytes that are not UTF-8: replaced (U+FFFD), since
+  // nlohmann refuses to encode them.
+  const std::string message =
+      nlohmann::json::parse(nlohmann::json(s.message).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace))
+          .get<std::string>();
+  JsonRecord record;
+  record.Add("status", s.status).Add("wall_s", std::round(s.wall_s * 1000) / 1000).Add("message", message);
+  return WriteFile(run_dir + "/sweep_status.json", record.ToString() + "\n");
 }
 
 // A variant directory from an earlier run must hold the config this sweep would give it: parsed and
@@ -269,10 +272,12 @@ absl::Status WriteReport(const Flags& f, const std::vector<TrainConfig>& configs
   report.data_order = CompareDataOrder(names, runs);
   if (d.train_size() == 1) {  // tools/make_corpus.py writes the unigram entropy into the corpus manifest
     const std::string& path = d.train(0).path();
-    const std::string manifest = ReadFile(path.substr(0, path.find_last_of('/') + 1) + "manifest.json");
-    const std::string key = "\"train_unigram_entropy_nats\":";
-    const size_t at = manifest.find(key);
-    if (at != std::string::npos) report.unigram_entropy = std::strtod(manifest.c_str() + at + key.size(), nullptr);
+    const nlohmann::json manifest = nlohmann::json::parse(
+        ReadFile(path.substr(0, path.find_last_of('/') + 1) + "manifest.json"), nullptr, /*allow_exceptions=*/false);
+    if (manifest.is_object() && manifest.contains("train_unigram_entropy_nats") &&
+        manifest["train_unigram_entropy_nats"].is_number()) {
+      report.unigram_entropy = manifest["train_unigram_entropy_nats"].get<double>();
+    }
   }
   double total_wall = 0;
   for (const VariantResult& v : report.variants) total_wall += std::isfinite(v.wall_s) ? v.wall_s : 0;

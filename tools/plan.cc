@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <string>
 
+#include <nlohmann/json.hpp>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/config.h"
@@ -32,19 +34,6 @@ std::string Human(double v, const char* unit, double base) {
     ++i;
   }
   return absl::StrFormat("%.2f %s%s", v, base == 1024 ? binary[i] : si[i], unit);
-}
-
-std::string JsonString(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') out += '\\';
-    if (static_cast<unsigned char>(c) < 0x20) {
-      out += absl::StrFormat("\\u%04x", c);
-      continue;
-    }
-    out += c;
-  }
-  return out + "\"";
 }
 
 std::string FormatText(const std::string& path, const TrainConfig& c, const ModelAccount& a) {
@@ -107,37 +96,36 @@ std::string FormatText(const std::string& path, const TrainConfig& c, const Mode
 }
 
 std::string FormatJson(const std::string& path, const TrainConfig& c, const ModelAccount& a) {
-  std::string out = absl::StrCat("{\n  \"config\": ", JsonString(path), ",\n");
-  absl::StrAppend(&out, "  \"norm_strategy\": ", JsonString(NormConfig::Strategy_Name(c.model().norm().strategy())),
-                  ",\n");
-  absl::StrAppend(&out, "  \"world_size\": ", a.world_size, ",\n  \"expert_parallel_size\": ", a.expert_parallel_size,
-                  ",\n  \"data_parallel_size\": ", a.world_size / a.expert_parallel_size, ",\n");
-  absl::StrAppend(&out, "  \"total_params\": ", a.total_params, ",\n  \"active_params\": ", a.active_params, ",\n");
-  absl::StrAppend(&out, "  \"params_per_rank\": ", a.params_per_rank, ",\n");
-  absl::StrAppend(&out, "  \"seq_len\": ", c.data().seq_len(), ",\n  \"tokens_per_micro_batch\": ",
-                  a.tokens_per_micro_batch, ",\n");
-  absl::StrAppend(&out, "  \"flops_per_token_forward\": ", a.flops_per_token_forward,
-                  ",\n  \"flops_per_token_train\": ", a.flops_per_token_train, ",\n");
-  absl::StrAppend(&out, "  \"components\": {");
-  const char* sep = "\n";
+  nlohmann::ordered_json j;
+  j["config"] = path;
+  j["norm_strategy"] = NormConfig::Strategy_Name(c.model().norm().strategy());
+  j["world_size"] = a.world_size;
+  j["expert_parallel_size"] = a.expert_parallel_size;
+  j["data_parallel_size"] = a.world_size / a.expert_parallel_size;
+  j["total_params"] = a.total_params;
+  j["active_params"] = a.active_params;
+  j["params_per_rank"] = a.params_per_rank;
+  j["seq_len"] = c.data().seq_len();
+  j["tokens_per_micro_batch"] = a.tokens_per_micro_batch;
+  j["flops_per_token_forward"] = a.flops_per_token_forward;
+  j["flops_per_token_train"] = a.flops_per_token_train;
+  j["components"] = nlohmann::ordered_json::object();
   for (const auto& [name, count] : a.params.Components()) {
-    absl::StrAppend(&out, sep, "    ", JsonString(name), ": {\"total\": ", count.total, ", \"active\": ", count.active,
-                    "}");
-    sep = ",\n";
+    j["components"][name] = {{"total", count.total}, {"active", count.active}};
   }
-  absl::StrAppend(&out, "\n  },\n  \"blocks\": [");
-  sep = "\n";
+  j["blocks"] = nlohmann::ordered_json::array();
   for (const BlockAccount& b : a.blocks) {
     const ParamCount s = b.params.Sum();
-    absl::StrAppend(&out, sep, "    {\"layer\": ", b.layer, ", \"moe\": ", b.moe ? "true" : "false",
-                    ", \"total\": ", s.total, ", \"active\": ", s.active, "}");
-    sep = ",\n";
+    j["blocks"].push_back({{"layer", b.layer}, {"moe", b.moe}, {"total", s.total}, {"active", s.active}});
   }
   const MemoryPerRank& mem = a.memory;
-  absl::StrAppend(&out, "\n  ],\n  \"memory_per_rank_bytes\": {\"weights\": ", mem.weights,
-                  ", \"gradients\": ", mem.gradients, ", \"optimizer\": ", mem.optimizer,
-                  ", \"activations\": ", mem.activations, ", \"total\": ", mem.total, "}\n}\n");
-  return out;
+  j["memory_per_rank_bytes"] = {{"weights", mem.weights},
+                                {"gradients", mem.gradients},
+                                {"optimizer", mem.optimizer},
+                                {"activations", mem.activations},
+                                {"total", mem.total}};
+  // A config path need not be UTF-8; nlohmann would refuse to encode it.
+  return j.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
 }
 
 }  // namespace

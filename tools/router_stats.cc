@@ -14,11 +14,13 @@
 #include <fstream>
 #include <map>
 #include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "core/metrics.h"
 #include "moe/router_stats.h"
 #include "tools/cli.h"
 #include "tools/router_stats_html.h"
@@ -109,61 +111,94 @@ std::string FormatCsv(const std::vector<RouterStepRecord>& records) {
   return out;
 }
 
-std::string RecordJson(const RouterStepRecord& r) {
+nlohmann::ordered_json RecordJson(const RouterStepRecord& r) {
   const LoadStats s = Load(r);
-  std::string out = absl::StrCat(
-      "{\"step\": ", r.step(), ", \"layer\": ", r.layer(), ", \"num_experts\": ", r.num_experts(), ", \"top_k\": ",
-      r.top_k(), ", \"tokens\": ", r.tokens(), ", \"forwards\": ", r.forwards(), ", \"lb_loss\": ", Num(r.lb_loss()),
-      ", \"z_loss\": ", Num(r.z_loss()), ", \"mean_load\": ", Num(r.mean_load()), ", \"max_load\": ",
-      Num(r.max_load()), ", \"min_load\": ", Num(r.min_load()), ", \"max_over_mean\": ", Num(r.max_over_mean()),
-      ", \"cv\": ", Num(r.cv()), ", \"dead_experts\": ", r.dead_experts(), ", \"entropy_mean\": ",
-      Num(r.entropy_mean()), ", \"entropy_ratio\": ", Num(EntropyRatio(r)), ", \"top1_mean\": ", Num(r.top1_mean()),
-      ", \"dropped\": ", r.dropped(), ", \"hottest_expert\": ", s.hottest, ", \"hottest_share\": ",
-      Num(s.hottest_share), ", \"all_to_all_seconds\": ", Num(r.all_to_all_seconds()), ", \"counts\": [");
-  for (int e = 0; e < r.counts_size(); ++e) absl::StrAppend(&out, e ? ", " : "", r.counts(e));
-  absl::StrAppend(&out, "], \"tokens_received_per_rank\": [");
-  for (int i = 0; i < r.tokens_received_per_rank_size(); ++i) {
-    absl::StrAppend(&out, i ? ", " : "", r.tokens_received_per_rank(i));
+  // Non-finite doubles are written as null.
+  return {{"step", r.step()},
+          {"layer", r.layer()},
+          {"num_experts", r.num_experts()},
+          {"top_k", r.top_k()},
+          {"tokens", r.tokens()},
+          {"forwards", r.forwards()},
+          {"lb_loss", r.lb_loss()},
+          {"z_loss", r.z_loss()},
+          {"mean_load", r.mean_load()},
+          {"max_load", r.max_load()},
+          {"min_load", r.min_load()},
+          {"max_over_mean", r.max_over_mean()},
+          {"cv", r.cv()},
+          {"dead_experts", r.dead_experts()},
+          {"entropy_mean", r.entropy_mean()},
+          {"entropy_ratio", EntropyRatio(r)},
+          {"top1_mean", r.top1_mean()},
+          {"dropped", r.dropped()},
+          {"hottest_expert", s.hottest},
+          {"hottest_share", s.hottest_share},
+          {"all_to_all_seconds", r.all_to_all_seconds()},
+          {"counts", std::vector<int64_t>(r.counts().begin(), r.counts().end())},
+          {"tokens_received_per_rank",
+           std::vector<int64_t>(r.tokens_received_per_rank().begin(), r.tokens_received_per_rank().end())},
+          {"all_to_all_seconds_per_rank",
+           std::vector<double>(r.all_to_all_seconds_per_rank().begin(), r.all_to_all_seconds_per_rank().end())}};
+}
+
+// One line per top-level key and per element of a top-level array, each value on one line: a file of
+// thousands of records stays readable and greppable. Paths and messages that are not UTF-8 get U+FFFD.
+std::string DumpByLine(const nlohmann::ordered_json& doc) {
+  const auto dump = [](const nlohmann::ordered_json& v) {
+    return v.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+  };
+  std::string out = "{";
+  const char* sep = "\n  ";
+  for (const auto& [key, value] : doc.items()) {
+    absl::StrAppend(&out, sep, dump(key), ": ");
+    sep = ",\n  ";
+    if (!value.is_array() || value.empty()) {
+      out += dump(value);
+      continue;
+    }
+    const char* item_sep = "[\n    ";
+    for (const auto& item : value) {
+      absl::StrAppend(&out, item_sep, dump(item));
+      item_sep = ",\n    ";
+    }
+    out += "\n  ]";
   }
-  absl::StrAppend(&out, "], \"all_to_all_seconds_per_rank\": [");
-  for (int i = 0; i < r.all_to_all_seconds_per_rank_size(); ++i) {
-    absl::StrAppend(&out, i ? ", " : "", Num(r.all_to_all_seconds_per_rank(i)));
-  }
-  return out + "]}";
+  return out + "\n}\n";
 }
 
 std::string FormatJson(const RouterStatsFile& file, const std::vector<RouterStepRecord>& records,
                        const std::vector<RouterAlert>& alerts, const AlertThresholds& t) {
-  std::string out = absl::StrCat(
-      "{\n  \"file\": ", JsonEscape(file.path), ",\n  \"problem\": ",
-      file.problem.empty() ? "null" : JsonEscape(file.problem), ",\n  \"truncated\": ",
-      file.truncated ? "true" : "false", ",\n  \"invalid\": ", file.invalid ? "true" : "false",
-      ",\n  \"thresholds\": {\"collapse_share\": ", Num(t.collapse_share), ", \"min_entropy_ratio\": ",
-      Num(t.min_entropy_ratio), ", \"imbalance_growth\": ", Num(t.imbalance_growth), "},\n  \"num_records\": ",
-      records.size(), ",\n  \"layers\": [");
-  const char* sep = "\n";
+  nlohmann::ordered_json doc;
+  doc["file"] = file.path;
+  doc["problem"] = file.problem.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(file.problem);
+  doc["truncated"] = file.truncated;
+  doc["invalid"] = file.invalid;
+  doc["thresholds"] = {{"collapse_share", t.collapse_share},
+                       {"min_entropy_ratio", t.min_entropy_ratio},
+                       {"imbalance_growth", t.imbalance_growth}};
+  doc["num_records"] = records.size();
+  doc["layers"] = nlohmann::ordered_json::array();
   for (const auto& [layer, ends] : Ends(records)) {
-    absl::StrAppend(&out, sep, "    {\"layer\": ", layer, ", \"first_step\": ", ends.first->step(),
-                    ", \"last_step\": ", ends.second->step(), ", \"first_max_over_mean\": ",
-                    Num(ends.first->max_over_mean()), ", \"first_entropy_ratio\": ", Num(EntropyRatio(*ends.first)),
-                    ", \"latest\": ", RecordJson(*ends.second), "}");
-    sep = ",\n";
+    doc["layers"].push_back({{"layer", layer},
+                             {"first_step", ends.first->step()},
+                             {"last_step", ends.second->step()},
+                             {"first_max_over_mean", ends.first->max_over_mean()},
+                             {"first_entropy_ratio", EntropyRatio(*ends.first)},
+                             {"latest", RecordJson(*ends.second)}});
   }
-  absl::StrAppend(&out, "\n  ],\n  \"alerts\": [");
-  sep = "\n";
+  doc["alerts"] = nlohmann::ordered_json::array();
   for (const RouterAlert& a : alerts) {
-    absl::StrAppend(&out, sep, "    {\"layer\": ", a.layer, ", \"kind\": \"", a.kind, "\", \"expert\": ", a.expert,
-                    ", \"began_step\": ", a.began_step, ", \"value\": ", Num(a.value), ", \"detail\": ",
-                    JsonEscape(a.detail), "}");
-    sep = ",\n";
+    doc["alerts"].push_back({{"layer", a.layer},
+                             {"kind", a.kind},
+                             {"expert", a.expert},
+                             {"began_step", a.began_step},
+                             {"value", a.value},
+                             {"detail", a.detail}});
   }
-  absl::StrAppend(&out, "\n  ],\n  \"records\": [");
-  sep = "\n";
-  for (const RouterStepRecord& r : records) {
-    absl::StrAppend(&out, sep, "    ", RecordJson(r));
-    sep = ",\n";
-  }
-  return out + "\n  ]\n}\n";
+  doc["records"] = nlohmann::ordered_json::array();
+  for (const RouterStepRecord& r : records) doc["records"].push_back(RecordJson(r));
+  return DumpByLine(doc);
 }
 
 absl::Status ParseSteps(const std::string& spec, Selection* sel) {
