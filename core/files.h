@@ -4,6 +4,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <functional>
 #include <string>
 #include <utility>
 
@@ -16,7 +18,12 @@ bool Exists(const std::string& path);
 bool IsFile(const std::string& path);       // a regular file (following symlinks)
 bool IsDirectory(const std::string& path);  // a directory (following symlinks)
 std::string ReadFile(const std::string& path);  // empty when missing
-// Writes path.tmp, then renames it over path.
+// The one atomic whole-file write: writes a temporary file beside `path` under a name unique to this
+// process and call, fsyncs it, renames it over `path` and fsyncs the directory, so a reader sees the old
+// file or the new one, never part of one, even after a crash. `write` fills the open file (false: failed).
+absl::Status WriteFileAtomically(const std::string& path, const std::function<bool(FILE*)>& write);
+absl::Status WriteFileAtomically(const std::string& path, const std::string& contents);
+// WriteFileAtomically (old name, kept for callers being moved over).
 absl::Status WriteFile(const std::string& path, const std::string& text);
 absl::Status MakeDirs(const std::string& path);  // mkdir -p
 

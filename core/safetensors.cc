@@ -156,8 +156,6 @@ absl::Status CheckTiling(const std::string& path, const std::map<std::string, Sa
   return absl::OkStatus();
 }
 
-std::string ErrnoText() { return std::strerror(errno); }
-
 }  // namespace
 
 absl::StatusOr<std::string> SafetensorsDtypeName(at::ScalarType type) {
@@ -323,38 +321,6 @@ absl::StatusOr<std::map<std::string, at::Tensor>> ReadSafetensors(const std::str
   return out;
 }
 
-namespace {
-
-// Writes through `path`.tmp.<pid>, fsyncs and renames; `write` fills the open FILE*.
-template <typename WriteFn>
-absl::Status WriteAtomically(const std::string& path, WriteFn write) {
-  const std::string tmp = absl::StrCat(path, ".tmp.", getpid());
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (f == nullptr) return absl::PermissionDeniedError(absl::StrCat(path, ": cannot create ", tmp, ": ", ErrnoText()));
-  bool ok = write(f);
-  ok = std::fflush(f) == 0 && ok;
-  ok = fsync(fileno(f)) == 0 && ok;
-  ok = std::fclose(f) == 0 && ok;
-  if (!ok) {
-    const std::string why = ErrnoText();
-    std::remove(tmp.c_str());
-    return absl::InternalError(absl::StrCat(path, ": write failed: ", why));
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const std::string why = ErrnoText();
-    std::remove(tmp.c_str());
-    return absl::InternalError(absl::StrCat(path, ": cannot rename ", tmp, " into place: ", why));
-  }
-  return absl::OkStatus();
-}
-
-}  // namespace
-
-absl::Status WriteFileAtomically(const std::string& path, const std::string& contents) {
-  return WriteAtomically(
-      path, [&](FILE* f) { return std::fwrite(contents.data(), 1, contents.size(), f) == contents.size(); });
-}
-
 absl::Status WriteSafetensors(const std::string& path, const std::map<std::string, at::Tensor>& tensors,
                               const std::map<std::string, std::string>& metadata) {
   struct Item {
@@ -386,7 +352,7 @@ absl::Status WriteSafetensors(const std::string& path, const std::map<std::strin
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');
-  return WriteAtomically(path, [&](FILE* f) {
+  return WriteFileAtomically(path, [&](FILE* f) {
     const uint64_t len = text.size();
     bool ok = std::fwrite(&len, 8, 1, f) == 1 && std::fwrite(text.data(), 1, text.size(), f) == text.size();
     for (const Item& item : items) {

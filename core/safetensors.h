@@ -95,7 +95,5 @@ absl::Status WriteSafetensorsIndex(const std::string& path, const std::map<std::
 // The format's dtype name of an at:: type ("F32", ...), or an error naming the type and the known ones.
 absl::StatusOr<std::string> SafetensorsDtypeName(at::ScalarType type);
 
-// Writes `contents` to `path` through a temporary file renamed into place.
-absl::Status WriteFileAtomically(const std::string& path, const std::string& contents);
 
 }  // namespace hybridmoe
