@@ -11,8 +11,10 @@
 #include <sstream>
 #include <system_error>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/crc32c.h"
+#include "core/files.h"
 #include "core/status.h"
 #include "proto/tensorboard.pb.h"
 
@@ -98,12 +100,8 @@ absl::StatusOr<std::unique_ptr<TensorBoardWriter>> TensorBoardWriter::Open(const
     return absl::InvalidArgumentError(absl::StrFormat(
         "tensorboard file_suffix '%s' contains '/'; use a plain name such as 'rank0'", file_suffix));
   }
-  std::error_code ec;
-  std::filesystem::create_directories(run_dir, ec);
-  if (ec) {
-    return absl::Status(
-        absl::ErrnoToStatusCode(ec.value()),
-        absl::StrFormat("tensorboard: cannot create run directory %s: %s", run_dir, ec.message()));
+  if (absl::Status s = MakeDirs(run_dir); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("tensorboard: ", s.message()));
   }
   const int64_t now_s = static_cast<int64_t>(UnixSecondsNow());
   std::string name = absl::StrFormat("events.out.tfevents.%d.%s", now_s, HostName());

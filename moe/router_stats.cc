@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <filesystem>
 #include <map>
 #include <system_error>
 
@@ -172,11 +171,8 @@ absl::StatusOr<std::vector<RouterCounters>> UnpackRouterCounters(const std::vect
 absl::StatusOr<std::unique_ptr<RouterStatsLogger>> RouterStatsLogger::Open(const std::string& run_dir) {
   std::unique_ptr<RouterStatsLogger> logger(new RouterStatsLogger());
   if (run_dir.empty()) return logger;
-  std::error_code ec;
-  std::filesystem::create_directories(run_dir, ec);
-  if (ec) {
-    return absl::PermissionDeniedError(
-        absl::StrFormat("router statistics: cannot create run directory %s: %s", run_dir, ec.message()));
+  if (absl::Status s = MakeDirs(run_dir); !s.ok()) {
+    return absl::PermissionDeniedError(absl::StrCat("router statistics: ", s.message()));
   }
   logger->path_ = run_dir + "/router_stats.pb";
   ASSIGN_OR_RETURN(logger->writer_, RecordWriter::Open(logger->path_));
