@@ -3,6 +3,7 @@
 #include <cmath>
 #include <fstream>
 #include <sstream>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -36,10 +37,23 @@ absl::Status ParseInto(const std::string& text, const std::string& origin, Train
   if (!parser.ParseFromString(text, &parsed)) {
     return absl::InvalidArgumentError(absl::StrCat(origin, ": ", errors.first()));
   }
-  // Repeated fields set by an override replace, rather than extend, the earlier value.
-  if (parsed.data().train_size() > 0) config.mutable_data()->clear_train();
-  config.MergeFrom(parsed);
+  MergeOverride(parsed, config);
   return absl::OkStatus();
+}
+
+// Clears in `base` every repeated field that `override` sets, at any depth, so that MergeFrom then replaces
+// those lists instead of appending to them.
+void ClearRepeatedSetBy(const google::protobuf::Message& override, google::protobuf::Message& base) {
+  const google::protobuf::Reflection* r = override.GetReflection();
+  std::vector<const google::protobuf::FieldDescriptor*> fields;
+  r->ListFields(override, &fields);  // the set fields; a repeated field only when non-empty
+  for (const google::protobuf::FieldDescriptor* f : fields) {
+    if (f->is_repeated()) {
+      base.GetReflection()->ClearField(&base, f);
+    } else if (f->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE) {
+      ClearRepeatedSetBy(r->GetMessage(override, f), *base.GetReflection()->MutableMessage(&base, f));
+    }
+  }
 }
 
 // Accumulates the first violated rule.
@@ -62,6 +76,11 @@ class Checker {
 };
 
 }  // namespace
+
+void MergeOverride(const TrainConfig& override, TrainConfig& config) {
+  ClearRepeatedSetBy(override, config);
+  config.MergeFrom(override);
+}
 
 absl::StatusOr<TrainConfig> ParseConfigText(const std::string& text, const std::string& origin) {
   TrainConfig config;

@@ -17,6 +17,13 @@ namespace hybridmoe {
 // Parses `path` (text format) and applies `overrides` in order.
 absl::StatusOr<TrainConfig> LoadConfig(const std::string& path, const std::vector<std::string>& overrides);
 
+// Merges one override into `config` (protobuf MergeFrom), except that every repeated field the override
+// sets, at any depth, replaces config's whole list instead of being appended to it (data.train,
+// model.moe.router_logit_bias, ...). Scalars it sets replace config's, messages merge field by field,
+// fields it does not set keep config's values. An override cannot express an empty list, so a list can be
+// replaced but not cleared.
+void MergeOverride(const TrainConfig& override, TrainConfig& config);
+
 // Parses a config from text (no file); `origin` names it in errors.
 absl::StatusOr<TrainConfig> ParseConfigText(const std::string& text, const std::string& origin);
 

@@ -21,8 +21,7 @@ std::string Check(const std::string& text, int world_size = 1) {
   TrainConfig c = Valid();
   auto o = ParseConfigText(text, "--override");
   EXPECT_TRUE(o.ok()) << o.status();
-  if (o->data().train_size() > 0) c.mutable_data()->clear_train();  // override semantics
-  c.MergeFrom(*o);
+  MergeOverride(*o, c);
   absl::Status s = ValidateConfig(c, world_size, /*check_files=*/false);
   return s.ok() ? "" : std::string(s.message());
 }
@@ -125,6 +124,41 @@ TEST(ConfigTest, LoadMergesOverridesAndReplacesRepeatedFields) {
   EXPECT_EQ(c->model().n_layers(), 2);
   ASSERT_EQ(c->data().train_size(), 1);
   EXPECT_EQ(c->data().train(0).path(), "c");
+}
+
+// Every repeated field an override names replaces the file's list, at any depth; lists it does not name stay.
+TEST(ConfigTest, OverrideReplacesEveryRepeatedFieldItSets) {
+  const std::string path = std::string(getenv("TEST_TMPDIR")) + "/lists.textproto";
+  std::ofstream(path) << "model { moe { num_experts: 4 router_logit_bias: [1, 2, 3, 4] } }\n"
+                         "data { train { path: \"a\" } train { path: \"b\" } }\n";
+  auto c = LoadConfig(path, {"model { moe { router_logit_bias: [8, 0, 0, 0] } }"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->model().moe().router_logit_bias_size(), 4);
+  EXPECT_EQ(c->model().moe().router_logit_bias(0), 8);
+  EXPECT_EQ(c->model().moe().router_logit_bias(1), 0);
+  ASSERT_EQ(c->data().train_size(), 2);  // not named by the override
+  EXPECT_EQ(c->data().train(1).path(), "b");
+  EXPECT_EQ(ValidateConfig(*c, 1, /*check_files=*/false), absl::OkStatus());
+
+  // An override that names a sibling of a list leaves the list alone; later overrides replace earlier ones.
+  c = LoadConfig(path, {"model { moe { top_k: 1 } }", "model { moe { router_logit_bias: [5, 5, 5, 5] } }",
+                        "model { moe { router_logit_bias: [6, 6, 6, 6] } }"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->model().moe().top_k(), 1);
+  ASSERT_EQ(c->model().moe().router_logit_bias_size(), 4);
+  EXPECT_EQ(c->model().moe().router_logit_bias(3), 6);
+
+  TrainConfig base;
+  base.mutable_model()->mutable_moe()->add_router_logit_bias(1);
+  base.mutable_data()->add_train()->set_path("x");
+  TrainConfig override;
+  override.mutable_data()->add_train()->set_path("y");
+  override.mutable_model()->set_d_model(32);
+  MergeOverride(override, base);
+  ASSERT_EQ(base.data().train_size(), 1);
+  EXPECT_EQ(base.data().train(0).path(), "y");
+  EXPECT_EQ(base.model().moe().router_logit_bias_size(), 1);
+  EXPECT_EQ(base.model().d_model(), 32);
 }
 
 TEST(ConfigTest, ParseErrorsNameOriginAndPosition) {
