@@ -6,10 +6,11 @@
 
 namespace hybridmoe {
 
-std::pair<at::Tensor, at::Tensor> rope_tables(int64_t seq_len, int64_t head_dim, double theta) {
+std::pair<at::Tensor, at::Tensor> rope_tables(int64_t seq_len, int64_t head_dim, double theta, at::Device device) {
+  const at::TensorOptions f64 = at::TensorOptions(at::kDouble).device(device);
   const at::Tensor inv_freq =
-      at::pow(theta, at::arange(0, head_dim, 2, at::kDouble) / static_cast<double>(head_dim)).reciprocal();
-  const at::Tensor angles = at::outer(at::arange(seq_len, at::kDouble), inv_freq);  // [S, h_d/2]
+      at::pow(theta, at::arange(0, head_dim, 2, f64) / static_cast<double>(head_dim)).reciprocal();
+  const at::Tensor angles = at::outer(at::arange(seq_len, f64), inv_freq);  // [S, h_d/2]
   const at::Tensor full = at::cat({angles, angles}, -1);                            // [S, h_d]
   return {full.cos().to(at::kFloat), full.sin().to(at::kFloat)};
 }
@@ -70,6 +71,19 @@ AttentionImpl::AttentionImpl(const AttentionOptions& o) : options(o) {
   if (o.k_norm) k_norm = register_module("k_norm", Norm(norm_options));
   if (o.v_norm) v_norm = register_module("v_norm", Norm(norm_options));
   if (o.head_scale) head_scale = register_parameter("head_scale", at::ones({o.n_heads}));
+  rope_cos_ = register_buffer("rope_cos", at::empty({0, d / o.n_heads}));
+  rope_sin_ = register_buffer("rope_sin", at::empty({0, d / o.n_heads}));
+}
+
+std::pair<at::Tensor, at::Tensor> AttentionImpl::RopeTables(int64_t seq_len) {
+  if (rope_cos_.size(0) < seq_len) {
+    // set_data (as module->to() does) keeps the registered buffers these tensors, and leaves views of the old
+    // tables that a live graph saved untouched.
+    auto [cos, sin] = rope_tables(seq_len, rope_cos_.size(1), options.rope_theta, rope_cos_.device());
+    rope_cos_.set_data(cos.to(rope_cos_.scalar_type()));
+    rope_sin_.set_data(sin.to(rope_sin_.scalar_type()));
+  }
+  return {rope_cos_.narrow(0, 0, seq_len), rope_sin_.narrow(0, 0, seq_len)};
 }
 
 void AttentionImpl::reset_parameters(const InitPlan& plan, const std::string& prefix) {
@@ -97,9 +111,9 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x_BSD) {
     return y;  // [B, S, H, h_d]
   };
   at::Tensor q = split(0, q_norm), k = split(1, k_norm), v = split(2, v_norm);
-  if (!cos_.defined() || cos_.size(0) != S) std::tie(cos_, sin_) = rope_tables(S, hd, options.rope_theta);
   // RoPE in the [B, S, H, h_d] layout the projection wrote (tables [S, 1, h_d]); SDPA takes the transposes.
-  const at::Tensor cos = cos_.unsqueeze(1), sin = sin_.unsqueeze(1);
+  const auto [cos_S, sin_S] = RopeTables(S);
+  const at::Tensor cos = cos_S.unsqueeze(1), sin = sin_S.unsqueeze(1);
   q = Rotate(q, cos, sin).transpose(1, 2);
   k = Rotate(k, cos, sin).transpose(1, 2);
   v = v.transpose(1, 2);

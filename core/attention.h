@@ -6,6 +6,9 @@
 // RoPE (theta, rotate-half convention) is applied to q and k after their norms. NormFormer's
 // learnable per-head scale multiplies each head's output before W_O.
 // Parameter names (wq, wk, wv, wo, q_norm, k_norm, v_norm, head_scale) are checkpoint keys.
+// The RoPE tables are buffers (rope_cos, rope_sin: [S_max, h_d], fp32, grown to the longest sequence seen) so
+// that module->to(device) moves them; they are no checkpoint keys: checkpoints and HF export enumerate
+// named_parameters() only (models/weights.cc), and the tables are a function of the options.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -20,8 +23,9 @@ namespace hybridmoe {
 
 // Applies rotary embeddings to x [B, H, S, h_d] with cos/sin tables [S, h_d] (rotate-half convention).
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
-// cos/sin tables [S, h_d] for positions 0..S-1, in fp32.
-std::pair<at::Tensor, at::Tensor> rope_tables(int64_t seq_len, int64_t head_dim, double theta);
+// cos/sin tables [S, h_d] for positions 0..S-1, in fp32, on `device`.
+std::pair<at::Tensor, at::Tensor> rope_tables(int64_t seq_len, int64_t head_dim, double theta,
+                                              at::Device device = at::kCPU);
 
 struct AttentionOptions {
   int64_t d_model = 128;
@@ -49,7 +53,9 @@ class AttentionImpl : public torch::nn::Module {
   at::Tensor head_scale;  // [H], NormFormer only
 
  private:
-  at::Tensor cos_, sin_;  // cached rope tables for the last sequence length
+  // The first seq_len rows of the RoPE buffers, grown on the buffers' device when too short.
+  std::pair<at::Tensor, at::Tensor> RopeTables(int64_t seq_len);
+  at::Tensor rope_cos_, rope_sin_;  // buffers [S_max, h_d]
 };
 TORCH_MODULE(Attention);
 

@@ -39,6 +39,11 @@ std::vector<double> RouterStats::sums() const {
 
 MoeLayerImpl::MoeLayerImpl(const MoeOptions& o, std::shared_ptr<TokenDispatcher> d) : options(o) {
   router = register_parameter("router", at::empty({o.num_experts, o.d_model}));
+  if (!o.router_logit_bias.empty()) {
+    TORCH_CHECK(static_cast<int64_t>(o.router_logit_bias.size()) == o.num_experts, "router_logit_bias has ",
+                o.router_logit_bias.size(), " values for ", o.num_experts, " experts");
+    router_logit_bias = register_buffer("router_logit_bias", at::tensor(o.router_logit_bias, at::kDouble));
+  }
   set_dispatcher(d ? std::move(d) : std::make_shared<LocalDispatcher>(o.num_experts));
   stats.counts_E = at::zeros({o.num_experts}, at::kLong);
 }
@@ -71,9 +76,7 @@ MoeOutput MoeLayerImpl::forward(const at::Tensor& x_TD) {
   std::optional<TraceScope> scope;  // core/trace.h: one region per phase, for profilers and tools/bench
   scope.emplace(trace::kRouter);
   at::Tensor logits_TE = at::matmul(x_TD, router.t());
-  if (!options.router_logit_bias.empty()) {
-    logits_TE = logits_TE + at::tensor(options.router_logit_bias, at::kDouble).to(logits_TE.scalar_type());
-  }
+  if (router_logit_bias.defined()) logits_TE = logits_TE + router_logit_bias.to(logits_TE.scalar_type());
   const Routing r = route(logits_TE, K, options.normalize_topk);
   scope.reset();
   scope.emplace(trace::kPermutation);

@@ -69,6 +69,9 @@ class MoeLayerImpl : public torch::nn::Module {
 
   MoeOptions options;
   at::Tensor router;  // [E, D]
+  // Buffer [E] (float64) from options.router_logit_bias, undefined when that is empty: it follows
+  // module->to(device) and is no checkpoint key (checkpoints enumerate parameters only).
+  at::Tensor router_logit_bias;
   GroupedExperts experts{nullptr};
   std::shared_ptr<TokenDispatcher> dispatcher;
   RouterStats stats;
