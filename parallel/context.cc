@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdlib>
 
+#include <ATen/Context.h>
 #include <ATen/core/grad_mode.h>
 #include <mpi.h>
 
@@ -12,6 +13,7 @@
 #include "core/optim.h"
 #include "core/status.h"
 #include "parallel/communicator.h"
+#include "parallel/device.h"
 #include "parallel/ep_dispatcher.h"
 #include "parallel/grad_sync.h"
 #include "parallel/topology.h"
@@ -192,12 +194,22 @@ absl::StatusOr<std::unique_ptr<ParallelContext>> ParallelContext::Create(const T
   TORCH_INTERNAL_ASSERT(ep->size() == topology.ep_size && ep->rank() == topology.ep_rank &&
                         dp->size() == topology.dp_size && dp->rank() == topology.dp_rank);
   std::shared_ptr<Communicator> w = world_comm, e = ep, d = dp;
+  if (config.parallel().device() == ParallelConfig::CUDA) {
 #ifdef HYBRIDMOE_WITH_NCCL
-  // CUDA tensors go through NCCL (device = local rank), CPU tensors and host values through MPI.
-  ASSIGN_OR_RETURN(w, WithNccl(world_comm, topology.local_rank));
-  ASSIGN_OR_RETURN(e, WithNccl(ep, topology.local_rank));
-  ASSIGN_OR_RETURN(d, WithNccl(dp, topology.local_rank));
+    // CUDA tensors go through NCCL on this rank's own GPU, CPU tensors and host values through MPI.
+    const int count = at::hasCUDA() ? static_cast<int>(at::getNumGPUs()) : 0;
+    absl::StatusOr<at::Device> device = ChooseDevice(ParallelConfig::CUDA, topology.local_rank,
+                                                     topology.local_size, count);
+    if (!device.ok()) {
+      // Every rank of a node fails alike; ranks of other nodes may not, so end the whole job.
+      world_comm->Fail("launch:", std::string(device.status().message()));
+    }
+    SelectDevice(*device);
+    ASSIGN_OR_RETURN(w, WithNccl(world_comm, device->index()));
+    ASSIGN_OR_RETURN(e, WithNccl(ep, device->index()));
+    ASSIGN_OR_RETURN(d, WithNccl(dp, device->index()));
 #endif
+  }
   return std::unique_ptr<ParallelContext>(
       new Context(topology, std::string(name, name_len), owns_mpi, std::move(w), std::move(e), std::move(d)));
 }

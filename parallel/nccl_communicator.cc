@@ -83,6 +83,11 @@ void NcclCommunicator::Abort(std::string_view what, const std::string& problem) 
   mpi_->Fail(what, problem);
 }
 
+void NcclCommunicator::CheckDevice(const at::Tensor& t, std::string_view what) const {
+  TORCH_CHECK(t.get_device() == device_, what, ": tensor on ", t.device(), " but this rank's NCCL communicator is on cuda:",
+              device_);
+}
+
 void NcclCommunicator::Check(ncclResult_t result, std::string_view what) {
   const auto start = Clock::now();
   const auto deadline = start + std::chrono::duration<double>(timeout_s());
@@ -125,6 +130,7 @@ void NcclCommunicator::WaitStream(std::string_view what) {
 at::Tensor NcclCommunicator::AllToAll(const at::Tensor& x_ND, const std::vector<int64_t>& send_rows_P,
                                       const std::vector<int64_t>& recv_rows_P, std::string_view what) {
   if (!x_ND.is_cuda()) return mpi_->AllToAll(x_ND, send_rows_P, recv_rows_P, what);
+  CheckDevice(x_ND, what);
   const int P = size();
   TORCH_CHECK(static_cast<int>(send_rows_P.size()) == P && static_cast<int>(recv_rows_P.size()) == P, what,
               ": expected ", P, " send and receive counts");
@@ -160,6 +166,7 @@ at::Tensor NcclCommunicator::AllToAll(const at::Tensor& x_ND, const std::vector<
 
 void NcclCommunicator::AllReduce(const at::Tensor& t, ReduceOp op, std::string_view what) {
   if (!t.is_cuda()) return mpi_->AllReduce(t, op, what);
+  CheckDevice(t, what);
   TORCH_CHECK(t.is_contiguous(), what, ": NcclCommunicator reduces contiguous tensors");
   ncclDataType_t type;
   TORCH_CHECK(NcclType(t.scalar_type(), &type), what, ": no NCCL type for ", t.scalar_type());
@@ -173,6 +180,7 @@ void NcclCommunicator::AllReduce(const at::Tensor& t, ReduceOp op, std::string_v
 
 void NcclCommunicator::Broadcast(const at::Tensor& t, int root, std::string_view what) {
   if (!t.is_cuda()) return mpi_->Broadcast(t, root, what);
+  CheckDevice(t, what);
   TORCH_CHECK(t.is_contiguous(), what, ": NcclCommunicator broadcasts contiguous tensors");
   if (size() == 1 || t.numel() == 0) return;
   c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device_));
@@ -187,9 +195,7 @@ std::shared_ptr<Communicator> NcclCommunicator::Split(int color, int key) {
   return *sub;
 }
 
-absl::StatusOr<std::shared_ptr<Communicator>> WithNccl(std::shared_ptr<MpiCommunicator> mpi, int local_rank) {
-  if (!at::hasCUDA() || c10::cuda::device_count() == 0) return std::shared_ptr<Communicator>(std::move(mpi));
-  const int device = local_rank % static_cast<int>(c10::cuda::device_count());
+absl::StatusOr<std::shared_ptr<Communicator>> WithNccl(std::shared_ptr<MpiCommunicator> mpi, int device) {
   auto nccl = NcclCommunicator::Create(std::move(mpi), device);
   if (!nccl.ok()) return nccl.status();
   return std::shared_ptr<Communicator>(*std::move(nccl));

@@ -43,6 +43,7 @@ class NcclCommunicator : public Communicator {
   at::Tensor AllToAllBlocks(const at::Tensor& x_ND, const BlocksPerPeer& send_P, const BlocksPerPeer& recv_P,
                             int64_t out_rows, std::string_view what) override {
     if (!x_ND.is_cuda()) return mpi_->AllToAllBlocks(x_ND, send_P, recv_P, out_rows, what);
+    CheckDevice(x_ND, what);
     return Communicator::AllToAllBlocks(x_ND, send_P, recv_P, out_rows, what);
   }
   std::vector<int64_t> AllToAllCounts(const std::vector<int64_t>& send_PN, std::string_view what) override {
@@ -64,6 +65,8 @@ class NcclCommunicator : public Communicator {
   // Waits until the work queued so far on Stream() is done, or fails the job at the deadline.
   void WaitStream(std::string_view what);
   [[noreturn]] void Abort(std::string_view what, const std::string& problem);
+  // A CUDA tensor handed to this communicator must live on its device.
+  void CheckDevice(const at::Tensor& t, std::string_view what) const;
 
   std::shared_ptr<MpiCommunicator> mpi_;
   int device_;
@@ -71,8 +74,8 @@ class NcclCommunicator : public Communicator {
   cudaEvent_t done_ = nullptr;
 };
 
-// `mpi` itself when this process sees no CUDA device, else a NcclCommunicator on device
-// `local_rank % device_count` (CPU tensors still go through `mpi`).
-absl::StatusOr<std::shared_ptr<Communicator>> WithNccl(std::shared_ptr<MpiCommunicator> mpi, int local_rank);
+// A NcclCommunicator on CUDA device `device` (this rank's own GPU: parallel/device.h's ChooseDevice); CPU
+// tensors still go through `mpi`. Created only for parallel.device CUDA (parallel/context.cc).
+absl::StatusOr<std::shared_ptr<Communicator>> WithNccl(std::shared_ptr<MpiCommunicator> mpi, int device);
 
 }  // namespace hybridmoe

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
 #include "core/trace.h"
+#include "parallel/device.h"
 
 namespace hybridmoe {
 namespace {
@@ -22,13 +23,11 @@ double Seconds(Clock::time_point since) { return std::chrono::duration<double>(C
 }  // namespace
 
 absl::StatusOr<at::Device> TrainingDevice(const TrainConfig& config, const ParallelContext& ctx) {
-  if (config.parallel().device() != ParallelConfig::CUDA) return at::Device(at::kCPU);
-  if (!at::hasCUDA() || at::getNumGPUs() == 0) {
-    return absl::FailedPreconditionError(
-        "parallel.device (CUDA): no usable GPU in this process (a CPU-only LibTorch, a build without "
-        "--config=cuda, or no device visible); valid here: CPU");
-  }
-  return at::Device(at::kCUDA, static_cast<at::DeviceIndex>(ctx.local_rank() % at::getNumGPUs()));
+  const int count = at::hasCUDA() ? static_cast<int>(at::getNumGPUs()) : 0;
+  ASSIGN_OR_RETURN(const at::Device device,
+                   ChooseDevice(config.parallel().device(), ctx.local_rank(), ctx.local_size(), count));
+  SelectDevice(device);
+  return device;
 }
 
 Trainer::Trainer(const TrainConfig& config, ParallelContext& ctx, at::Device device)
