@@ -173,6 +173,18 @@ absl::StatusOr<std::unique_ptr<ParallelContext>> ParallelContext::Create(const T
     }
     owns_mpi = true;
   }
+  // MPI is called from the main thread and, in backward, from autograd's worker threads (activation
+  // checkpointing recomputes the dispatch there) while the main thread waits in backward(): calls come from
+  // several threads but never overlap, which is what MPI_THREAD_SERIALIZED promises (FUNNELED would not do).
+  int provided = 0;
+  MPI_Query_thread(&provided);
+  if (provided < MPI_THREAD_SERIALIZED) {
+    if (owns_mpi) MPI_Finalize();
+    return absl::FailedPreconditionError(absl::StrCat(
+        "launch: the MPI library under ", launch.launcher, " provides thread level ", provided,
+        " but HybridMoE needs MPI_THREAD_SERIALIZED (", MPI_THREAD_SERIALIZED,
+        ") or more: MPI is called from autograd's worker threads; use an MPI built with thread support"));
+  }
   int rank = 0, world = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &world);
