@@ -9,8 +9,6 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 
@@ -31,11 +29,28 @@ bool IsDirectory(const std::string& path) {
   return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) {
+    const int err = errno;
+    return absl::Status(err == ENOENT ? absl::StatusCode::kNotFound : absl::StatusCode::kPermissionDenied,
+                        absl::StrCat(path, ": cannot open: ", std::strerror(err)));
+  }
+  std::string out;
+  char buffer[1 << 16];
+  size_t n;
+  while ((n = std::fread(buffer, 1, sizeof(buffer), f)) > 0) out.append(buffer, n);
+  const bool failed = std::ferror(f) != 0;
+  const int err = errno;
+  std::fclose(f);
+  if (failed) return absl::DataLossError(absl::StrCat(path, ": read failed: ", std::strerror(err)));
+  return out;
+}
+
+absl::StatusOr<std::string> ReadFileIfExists(const std::string& path) {
+  auto text = ReadFile(path);
+  if (absl::IsNotFound(text.status())) return std::string();
+  return text;
 }
 
 absl::Status WriteFileAtomically(const std::string& path, const std::function<bool(FILE*)>& write) {
@@ -75,8 +90,6 @@ absl::Status WriteFileAtomically(const std::string& path, const std::string& con
   return WriteFileAtomically(
       path, [&](FILE* f) { return std::fwrite(contents.data(), 1, contents.size(), f) == contents.size(); });
 }
-
-absl::Status WriteFile(const std::string& path, const std::string& text) { return WriteFileAtomically(path, text); }
 
 absl::Status MakeDirs(const std::string& path) {
   for (size_t i = 1; i <= path.size(); ++i) {

@@ -17,14 +17,15 @@ namespace hybridmoe {
 bool Exists(const std::string& path);
 bool IsFile(const std::string& path);       // a regular file (following symlinks)
 bool IsDirectory(const std::string& path);  // a directory (following symlinks)
-std::string ReadFile(const std::string& path);  // empty when missing
+// The whole file; the error names the path and the reason.
+absl::StatusOr<std::string> ReadFile(const std::string& path);
+// ReadFile, except that a file that does not exist reads as "" (any other failure is still an error).
+absl::StatusOr<std::string> ReadFileIfExists(const std::string& path);
 // The one atomic whole-file write: writes a temporary file beside `path` under a name unique to this
 // process and call, fsyncs it, renames it over `path` and fsyncs the directory, so a reader sees the old
 // file or the new one, never part of one, even after a crash. `write` fills the open file (false: failed).
 absl::Status WriteFileAtomically(const std::string& path, const std::function<bool(FILE*)>& write);
 absl::Status WriteFileAtomically(const std::string& path, const std::string& contents);
-// WriteFileAtomically (old name, kept for callers being moved over).
-absl::Status WriteFile(const std::string& path, const std::string& text);
 absl::Status MakeDirs(const std::string& path);  // mkdir -p
 
 // A read-only memory map of a whole regular file, unmapped by the destructor (movable, not copyable). The

@@ -27,6 +27,7 @@
 #include "core/metrics.h"
 #include "core/status.h"
 #include "tools/cli.h"
+#include "parallel/topology.h"
 #include "tools/compare_metrics.h"
 #include "tools/compare_report.h"
 #include "tools/sweep_io.h"
@@ -43,7 +44,9 @@ struct VariantStatus {
 
 VariantStatus ReadStatus(const std::string& run_dir) {
   VariantStatus s;
-  auto rec = ParseFlatJsonObject(ReadFile(run_dir + "/sweep_status.json"));
+  auto text = ReadFile(run_dir + "/sweep_status.json");
+  if (!text.ok()) return s;  // no status yet: the variant has not run
+  auto rec = ParseFlatJsonObject(*text);
   if (!rec.ok()) return s;
   s.status = rec->str.count("status") ? rec->str.at("status") : "";
   s.message = rec->str.count("message") ? rec->str.at("message") : "";
@@ -60,14 +63,15 @@ absl::Status WriteStatus(const std::string& run_dir, const VariantStatus& s) {
           .get<std::string>();
   JsonRecord record;
   record.Add("status", s.status).Add("wall_s", std::round(s.wall_s * 1000) / 1000).Add("message", message);
-  return WriteFile(run_dir + "/sweep_status.json", record.ToString() + "\n");
+  return WriteFileAtomically(run_dir + "/sweep_status.json", record.ToString() + "\n");
 }
 
 // A variant directory from an earlier run must hold the config this sweep would give it: parsed and
 // resolved again (so that a field added to the schema since, with its default, is no difference).
 absl::Status CheckSameConfig(const std::string& path, const TrainConfig& expected, const std::string& name) {
   if (!Exists(path)) return absl::OkStatus();
-  auto stored = ParseConfigText(ReadFile(path), path);
+  ASSIGN_OR_RETURN(const std::string stored_text, ReadFile(path));
+  auto stored = ParseConfigText(stored_text, path);
   std::string ours = ConfigToText(expected), theirs;
   if (stored.ok()) {
     ResolveDefaults(*stored);
@@ -120,7 +124,8 @@ absl::StatusOr<bool> RunSweep(const Flags& f, const std::vector<TrainConfig>& co
     }
     if (f.report_only) continue;
     if (!logged_command) {  // provenance for the report: every invocation that trained something
-      RETURN_IF_ERROR(WriteFile(f.out + "/sweep_commands.txt", ReadFile(f.out + "/sweep_commands.txt") + f.cmdline + "\n"));
+      ASSIGN_OR_RETURN(const std::string commands, ReadFileIfExists(f.out + "/sweep_commands.txt"));
+      RETURN_IF_ERROR(WriteFileAtomically(f.out + "/sweep_commands.txt", commands + f.cmdline + "\n"));
       logged_command = true;
     }
     RETURN_IF_ERROR(MakeDirs(dir));
@@ -148,11 +153,13 @@ absl::StatusOr<bool> RunSweep(const Flags& f, const std::vector<TrainConfig>& co
                  std::isnan(seconds_per_step)
                      ? "after the first variant"
                      : FormatWall(seconds_per_step * static_cast<double>(remaining * steps - start_step)).c_str());
-    const size_t log_offset = ReadFile(dir + "/train.log").size();
+    ASSIGN_OR_RETURN(const std::string log_before, ReadFileIfExists(dir + "/train.log"));
+    const size_t log_offset = log_before.size();
     const double t0 = Now();
     ASSIGN_OR_RETURN(const int rc, RunChild(argv, env, dir + "/train.log"));
     const double wall = Now() - t0;
-    const std::string log = ReadFile(dir + "/train.log").substr(log_offset);
+    ASSIGN_OR_RETURN(const std::string log_after, ReadFileIfExists(dir + "/train.log"));
+    const std::string log = log_after.substr(std::min(log_offset, log_after.size()));
     status.wall_s += wall;
     auto m = ReadRunMetrics(dir + "/metrics.jsonl");
     const int64_t end_step = m.ok() && !m->train.empty() ? m->train.back().Step() : 0;
@@ -202,12 +209,12 @@ absl::Status WriteReport(const Flags& f, const std::vector<TrainConfig>& configs
   report.num_experts = c.model().moe().num_experts();
   const auto& m = c.model();
   const auto& d = c.data();
+  ASSIGN_OR_RETURN(const std::string commands, ReadFileIfExists(f.out + "/sweep_commands.txt"));
   report.setup = {
       {"report written by", f.cmdline},
-      {"variants trained by", ReadFile(f.out + "/sweep_commands.txt").empty()
+      {"variants trained by", commands.empty()
                                   ? "unknown"
-                                  : absl::StrJoin(absl::StrSplit(ReadFile(f.out + "/sweep_commands.txt"), '\n',
-                                                                 absl::SkipEmpty()), " ; then ")},
+                                  : absl::StrJoin(absl::StrSplit(commands, '\n', absl::SkipEmpty()), " ; then ")},
       {"base config", f.config},
       {"overrides (all variants)", f.overrides.empty() ? "none" : absl::StrJoin(f.overrides, " ; ")},
       {"launcher", f.launcher.empty() ? "none (one process per variant)" : absl::StrJoin(f.launcher, " ")},
@@ -272,8 +279,9 @@ absl::Status WriteReport(const Flags& f, const std::vector<TrainConfig>& configs
   report.data_order = CompareDataOrder(names, runs);
   if (d.train_size() == 1) {  // tools/make_corpus.py writes the unigram entropy into the corpus manifest
     const std::string& path = d.train(0).path();
-    const nlohmann::json manifest = nlohmann::json::parse(
-        ReadFile(path.substr(0, path.find_last_of('/') + 1) + "manifest.json"), nullptr, /*allow_exceptions=*/false);
+    ASSIGN_OR_RETURN(const std::string manifest_text,
+                     ReadFileIfExists(path.substr(0, path.find_last_of('/') + 1) + "manifest.json"));
+    const nlohmann::json manifest = nlohmann::json::parse(manifest_text, nullptr, /*allow_exceptions=*/false);
     if (manifest.is_object() && manifest.contains("train_unigram_entropy_nats") &&
         manifest["train_unigram_entropy_nats"].is_number()) {
       report.unigram_entropy = manifest["train_unigram_entropy_nats"].get<double>();
@@ -281,7 +289,7 @@ absl::Status WriteReport(const Flags& f, const std::vector<TrainConfig>& configs
   }
   double total_wall = 0;
   for (const VariantResult& v : report.variants) total_wall += std::isfinite(v.wall_s) ? v.wall_s : 0;
-  const std::string loadavg = ReadFile("/proc/loadavg");
+  const std::string loadavg = ReadFileIfExists("/proc/loadavg").value_or("");  // informational only
   std::string machine = absl::StrCat(sysconf(_SC_NPROCESSORS_ONLN), " cores");
   if (!f.report_only) {  // the load others put on the machine explains the wall times
     absl::StrAppend(&machine, "; load average (1/5/15 min) at the end of this sweep: ",
@@ -289,11 +297,11 @@ absl::Status WriteReport(const Flags& f, const std::vector<TrainConfig>& configs
   }
   report.setup.emplace_back("machine", machine);
   report.setup.emplace_back("wall time of all variants", FormatWall(total_wall));
-  RETURN_IF_ERROR(WriteFile(f.out + "/report.md", ReportMarkdown(report)));
-  RETURN_IF_ERROR(WriteFile(f.out + "/report.html", ReportHtml(report)));
-  RETURN_IF_ERROR(WriteFile(f.out + "/summary.csv", SummaryCsv(report)));
-  RETURN_IF_ERROR(WriteFile(f.out + "/curves.csv", CurvesCsv(report)));
-  RETURN_IF_ERROR(WriteFile(f.out + "/grad_norms.csv", GradNormsCsv(report)));
+  RETURN_IF_ERROR(WriteFileAtomically(f.out + "/report.md", ReportMarkdown(report)));
+  RETURN_IF_ERROR(WriteFileAtomically(f.out + "/report.html", ReportHtml(report)));
+  RETURN_IF_ERROR(WriteFileAtomically(f.out + "/summary.csv", SummaryCsv(report)));
+  RETURN_IF_ERROR(WriteFileAtomically(f.out + "/curves.csv", CurvesCsv(report)));
+  RETURN_IF_ERROR(WriteFileAtomically(f.out + "/grad_norms.csv", GradNormsCsv(report)));
   std::fprintf(stderr, "[compare_norms] report: %s/report.md, report.html, summary.csv, curves.csv, grad_norms.csv\n",
                f.out.c_str());
   return absl::OkStatus();
@@ -327,7 +335,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "compare_norms: %s\n", msg.c_str());
     return code;
   };
-  if (const char* size = std::getenv("OMPI_COMM_WORLD_SIZE"); size != nullptr && std::string(size) != "1") {
+  if (auto launch = DetectLaunch(); !launch.ok() || launch->expected_world_size > 1) {
     return fail("run compare_norms as one process and distribute each variant with --launcher='mpirun -np N'", 2);
   }
   Flags f;
@@ -395,6 +403,6 @@ int main(int argc, char** argv) {
   auto ok = RunSweep(f, configs);
   if (!ok.ok()) return fail(std::string(ok.status().message()), 1);
   if (absl::Status s = WriteReport(f, configs); !s.ok()) return fail(std::string(s.message()), 1);
-  std::fputs(ReadFile(f.out + "/summary.csv").c_str(), stdout);
+  std::fputs(ReadFileIfExists(f.out + "/summary.csv").value_or("").c_str(), stdout);
   return *ok ? 0 : 1;
 }

@@ -39,7 +39,7 @@ double Seconds(Clock::time_point since) { return std::chrono::duration<double>(C
 // Drops metrics.jsonl records of steps after `step` (they will be recomputed) and lines cut by a kill,
 // atomically.
 absl::Status TruncateMetrics(const std::string& path, int64_t step) {
-  const std::string text = ReadFile(path);
+  ASSIGN_OR_RETURN(const std::string text, ReadFile(path));
   std::string kept;
   for (const absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
     const nlohmann::json record = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
