@@ -1,11 +1,14 @@
 #include "core/config.h"
 
+#include <numeric>
+
 #include <cmath>
 #include <fstream>
 #include <sstream>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_format.h"
 #include "core/files.h"
 #include "core/status.h"
@@ -68,6 +71,9 @@ class Checker {
   }
   void Require(bool ok, const std::string& message) {
     if (status_.ok() && !ok) status_ = absl::InvalidArgumentError(message);
+  }
+  void Require(const absl::Status& s) {
+    if (status_.ok()) status_ = s;
   }
   const absl::Status& status() const { return status_; }
 
@@ -149,6 +155,40 @@ void ResolveDefaults(TrainConfig& config) {
   FillDefaults(config);
 }
 
+namespace {
+
+std::string Divisors(int n) {
+  std::vector<int> d;
+  for (int i = 1; i <= n; ++i) {
+    if (n % i == 0) d.push_back(i);
+  }
+  return absl::StrJoin(d, ", ");
+}
+
+}  // namespace
+
+absl::Status ValidateParallelConfig(const TrainConfig& config, int world_size) {
+  const ParallelConfig& p = config.parallel();
+  const int ep = p.expert_parallel_size();
+  if (ep < 1 || (world_size > 0 && world_size % ep != 0)) {
+    return absl::InvalidArgumentError(
+        world_size > 0 ? absl::StrCat("parallel.expert_parallel_size (", ep, ") must divide the number of ranks (",
+                                      world_size, "); valid: ", Divisors(world_size))
+                       : absl::StrCat("parallel.expert_parallel_size (", ep, ") must be >= 1"));
+  }
+  const int experts = config.model().moe().num_experts();
+  if (config.model().moe().every_n_layers() > 0 && experts % ep != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model.moe.num_experts (", experts, ") must be divisible by parallel.expert_parallel_size (", ep,
+        "); valid sizes here: ", Divisors(world_size > 0 ? std::gcd(experts, world_size) : experts)));
+  }
+  if (!(p.timeout_s() > 0) || p.timeout_s() > 1e7) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("parallel.timeout_s (", p.timeout_s(), ") must be > 0 seconds (and at most 1e7)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateConfig(const TrainConfig& config, int world_size, bool check_files) {
   Checker c;
   const ModelConfig& m = config.model();
@@ -217,15 +257,8 @@ absl::Status ValidateConfig(const TrainConfig& config, int world_size, bool chec
   c.Range("optim.min_lr_ratio", o.min_lr_ratio(), 0.0, 1.0);
 
   const ParallelConfig& p = config.parallel();
-  c.Range("parallel.expert_parallel_size", p.expert_parallel_size(), 1, world_size > 0 ? world_size : 1 << 20);
-  c.Require(world_size <= 0 || world_size % std::max(1, p.expert_parallel_size()) == 0,
-            absl::StrCat("parallel.expert_parallel_size (", p.expert_parallel_size(),
-                         ") must divide the number of ranks (", world_size, ")"));
-  c.Require(moe.num_experts() % std::max(1, p.expert_parallel_size()) == 0,
-            absl::StrCat("model.moe.num_experts (", moe.num_experts(),
-                         ") must be divisible by parallel.expert_parallel_size (", p.expert_parallel_size(), ")"));
+  if (c.status().ok()) c.Require(ValidateParallelConfig(config, world_size));
   c.Range("parallel.num_threads", p.num_threads(), 0, 4096);
-  c.Range("parallel.timeout_s", p.timeout_s(), 0.1, 1e7);
 
   c.Range("checkpoint.interval", config.checkpoint().interval(), 0, kMax);
   c.Range("checkpoint.keep_last", config.checkpoint().keep_last(), 1, 1000000);

@@ -34,6 +34,9 @@ void ResolveDefaults(TrainConfig& config);
 // 0 = not known yet: the rules that relate parallel.* to the launch are skipped).
 // When `check_files` is set, data files must exist.
 absl::Status ValidateConfig(const TrainConfig& config, int world_size = 1, bool check_files = true);
+// The parallel.* rules, part of ValidateConfig and the only place they live: ParallelContext applies them
+// again once MPI knows the world size. Errors name the field, the value and the valid values.
+absl::Status ValidateParallelConfig(const TrainConfig& config, int world_size);
 
 // Text-format rendering of the resolved config (written to the run directory).
 std::string ConfigToText(const TrainConfig& config);

@@ -55,13 +55,6 @@ absl::Status RemoveTree(const std::string& path) {
   return absl::OkStatus();
 }
 
-absl::Status MakeDir(const std::string& p) {
-  if (mkdir(p.c_str(), 0755) != 0 && errno != EEXIST) {
-    return absl::PermissionDeniedError(absl::StrCat("cannot create directory ", p, ": ", strerror(errno)));
-  }
-  return absl::OkStatus();
-}
-
 void SyncPath(const std::string& p) {
   const int fd = open(p.c_str(), O_RDONLY);
   if (fd >= 0) {
@@ -112,14 +105,12 @@ std::vector<WeightSlot> OptimizerSlots(Transformer& model, const AdamW& optimize
   return slots;
 }
 
-// Whether a slot is an expert slice (written by its own shard) or replicated (written by shard 0).
-bool IsExpertKey(const std::string& key) { return key.find(".moe.experts.") != std::string::npos; }
-
 absl::Status WriteShard(const std::string& dir, const std::string& stem, const std::vector<WeightSlot>& slots,
                         const CheckpointShard& shard) {
   std::map<std::string, at::Tensor> tensors;
   for (const WeightSlot& s : slots) {
-    if (shard.index == 0 || IsExpertKey(s.key)) tensors[s.key] = s.value.detach().to(at::kCPU).contiguous();
+    // Expert slices are written by their own shard, everything else by shard 0.
+    if (shard.index == 0 || IsExpertName(s.key)) tensors[s.key] = s.value.detach().to(at::kCPU).contiguous();
   }
   const std::string name = shard.count == 1 ? stem + ".safetensors"
                                             : absl::StrFormat("%s-%05d-of-%05d.safetensors", stem, shard.index,
@@ -165,11 +156,11 @@ absl::Status SaveCheckpoint(const std::string& run_dir, Transformer& model, cons
   const std::string final_dir = root + "/" + CheckpointDirName(state.step);
   const std::string tmp = root + "/.tmp-" + CheckpointDirName(state.step);
   if (shard.root) {
-    RETURN_IF_ERROR(MakeDir(root));
+    RETURN_IF_ERROR(MakeDirs(root));
     for (const std::string& n : ListDir(root)) {
       if (n.rfind(".tmp-", 0) == 0) RETURN_IF_ERROR(RemoveTree(root + "/" + n));  // debris of a killed run
     }
-    RETURN_IF_ERROR(MakeDir(tmp));
+    RETURN_IF_ERROR(MakeDirs(tmp));
   }
   shard.barrier();
   absl::Status written = absl::OkStatus();

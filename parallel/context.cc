@@ -10,6 +10,7 @@
 #include <mpi.h>
 
 #include "absl/strings/str_cat.h"
+#include "core/config.h"
 #include "core/optim.h"
 #include "core/status.h"
 #include "parallel/communicator.h"
@@ -159,7 +160,7 @@ absl::StatusOr<std::unique_ptr<ParallelContext>> ParallelContext::Create(const T
   ASSIGN_OR_RETURN(const LaunchInfo launch, DetectLaunch());
   const double timeout = config.parallel().timeout_s();
   if (!launch.use_mpi) {
-    RETURN_IF_ERROR(CheckParallelConfig(config, 1));
+    RETURN_IF_ERROR(ValidateParallelConfig(config, 1));
     return CreateLocal(timeout);
   }
 
@@ -189,7 +190,7 @@ absl::StatusOr<std::unique_ptr<ParallelContext>> ParallelContext::Create(const T
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &world);
   absl::Status status = CheckWorldSize(launch, world);
-  if (status.ok()) status = CheckParallelConfig(config, world);
+  if (status.ok()) status = ValidateParallelConfig(config, world);
   if (!status.ok()) {
     if (owns_mpi) MPI_Finalize();  // every rank fails the same check, so this does not hang
     return status;

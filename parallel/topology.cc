@@ -21,14 +21,6 @@ int IntVar(const std::function<const char*(const char*)>& getenv, const char* na
   return (*end == '\0' && n > 0 && n < (1 << 30)) ? static_cast<int>(n) : 0;
 }
 
-std::string Divisors(int n) {
-  std::vector<int> d;
-  for (int i = 1; i <= n; ++i) {
-    if (n % i == 0) d.push_back(i);
-  }
-  return absl::StrJoin(d, ", ");
-}
-
 }  // namespace
 
 int LaunchRank(const std::function<const char*(const char*)>& getenv) {
@@ -78,26 +70,6 @@ absl::Status CheckWorldSize(const LaunchInfo& launch, int mpi_world_size) {
     return absl::FailedPreconditionError(absl::StrCat("launch: ", launch.launcher, " started ",
                                                       launch.expected_world_size, " ranks but MPI sees a world of ",
                                                       mpi_world_size, "; the launcher and the MPI library disagree"));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CheckParallelConfig(const TrainConfig& config, int world_size) {
-  const ParallelConfig& p = config.parallel();
-  const int ep = p.expert_parallel_size();
-  if (ep < 1 || world_size % ep != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("parallel.expert_parallel_size (", ep,
-                                                   ") must divide the number of ranks (", world_size,
-                                                   "); valid: ", Divisors(world_size)));
-  }
-  const int experts = config.model().moe().num_experts();
-  if (config.model().moe().every_n_layers() > 0 && experts % ep != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("model.moe.num_experts (", experts,
-                                                   ") must be divisible by parallel.expert_parallel_size (", ep,
-                                                   "); valid sizes here: ", Divisors(std::gcd(experts, world_size))));
-  }
-  if (!(p.timeout_s() > 0)) {
-    return absl::InvalidArgumentError(absl::StrCat("parallel.timeout_s (", p.timeout_s(), ") must be > 0 seconds"));
   }
   return absl::OkStatus();
 }

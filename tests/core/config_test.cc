@@ -86,7 +86,7 @@ TEST(ConfigTest, EachRuleNamesFieldAndValue) {
       {"optim { warmup_steps: -1 }", "optim.warmup_steps (-1)"},
       {"optim { warmup_start_ratio: 2 }", "optim.warmup_start_ratio (2)"},
       {"optim { min_lr_ratio: 2 }", "optim.min_lr_ratio (2)"},
-      {"parallel { expert_parallel_size: 8 }", "parallel.expert_parallel_size (8) must be in [1, 4]", 4},
+      {"parallel { expert_parallel_size: 8 }", "parallel.expert_parallel_size (8) must divide the number of ranks (4); valid: 1, 2, 4", 4},
       {"parallel { expert_parallel_size: 4 }", "parallel.expert_parallel_size (4) must divide the number of ranks (6)", 6},
       {"model { moe { num_experts: 6 } } parallel { expert_parallel_size: 4 }",
        "model.moe.num_experts (6) must be divisible by parallel.expert_parallel_size (4)", 4},

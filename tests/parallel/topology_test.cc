@@ -1,4 +1,5 @@
 // Launcher detection, parallel config checks and the EP/DP layout, without MPI.
+#include "core/config.h"
 #include "parallel/topology.h"
 
 #include <map>
@@ -100,21 +101,21 @@ TrainConfig Config(int ep, int experts) {
   return c;
 }
 
-TEST(CheckParallelConfig, NamesTheFieldTheValueAndWhatIsValid) {
-  EXPECT_TRUE(CheckParallelConfig(Config(2, 8), 4).ok());
-  EXPECT_TRUE(CheckParallelConfig(Config(4, 8), 4).ok());
-  EXPECT_EQ(CheckParallelConfig(Config(3, 9), 4).message(),
+TEST(ValidateParallelConfig, NamesTheFieldTheValueAndWhatIsValid) {
+  EXPECT_TRUE(ValidateParallelConfig(Config(2, 8), 4).ok());
+  EXPECT_TRUE(ValidateParallelConfig(Config(4, 8), 4).ok());
+  EXPECT_EQ(ValidateParallelConfig(Config(3, 9), 4).message(),
             "parallel.expert_parallel_size (3) must divide the number of ranks (4); valid: 1, 2, 4");
-  EXPECT_EQ(CheckParallelConfig(Config(0, 8), 4).message(),
+  EXPECT_EQ(ValidateParallelConfig(Config(0, 8), 4).message(),
             "parallel.expert_parallel_size (0) must divide the number of ranks (4); valid: 1, 2, 4");
-  EXPECT_EQ(CheckParallelConfig(Config(4, 6), 8).message(),
+  EXPECT_EQ(ValidateParallelConfig(Config(4, 6), 8).message(),
             "model.moe.num_experts (6) must be divisible by parallel.expert_parallel_size (4); valid sizes here: 1, 2");
   TrainConfig dense = Config(4, 6);
   dense.mutable_model()->mutable_moe()->set_every_n_layers(0);  // no MoE layer: nothing to shard
-  EXPECT_TRUE(CheckParallelConfig(dense, 4).ok());
+  EXPECT_TRUE(ValidateParallelConfig(dense, 4).ok());
   TrainConfig no_timeout = Config(1, 8);
   no_timeout.mutable_parallel()->set_timeout_s(0);
-  EXPECT_EQ(CheckParallelConfig(no_timeout, 1).message(), "parallel.timeout_s (0) must be > 0 seconds");
+  EXPECT_EQ(ValidateParallelConfig(no_timeout, 1).message(), "parallel.timeout_s (0) must be > 0 seconds (and at most 1e7)");
 }
 
 // Two nodes with two ranks each, placed by blocks (0,1 | 2,3) or round-robin (0,2 | 1,3).
