@@ -11,7 +11,7 @@ std::pair<at::Tensor, at::Tensor> rope_tables(int64_t seq_len, int64_t head_dim,
   const at::Tensor inv_freq =
       at::pow(theta, at::arange(0, head_dim, 2, f64) / static_cast<double>(head_dim)).reciprocal();
   const at::Tensor angles = at::outer(at::arange(seq_len, f64), inv_freq);  // [S, h_d/2]
-  const at::Tensor full = at::cat({angles, angles}, -1);                            // [S, h_d]
+  const at::Tensor full = at::cat({angles, angles}, -1);                    // [S, h_d]
   return {full.cos().to(at::kFloat), full.sin().to(at::kFloat)};
 }
 
@@ -53,9 +53,7 @@ at::Tensor Rotate(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
 
 }  // namespace
 
-at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  return Rotate(x, cos, sin);
-}
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) { return Rotate(x, cos, sin); }
 
 AttentionImpl::AttentionImpl(const AttentionOptions& o) : options(o) {
   TORCH_CHECK(o.d_model % o.n_heads == 0, "d_model must be divisible by n_heads");

@@ -16,8 +16,8 @@
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
-#include "core/norm.h"
 #include "core/init.h"
+#include "core/norm.h"
 
 namespace hybridmoe {
 

@@ -8,12 +8,12 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "core/files.h"
 #include "core/status.h"
-#include "google/protobuf/io/tokenizer.h"
 #include "google/protobuf/descriptor.h"
+#include "google/protobuf/io/tokenizer.h"
 #include "google/protobuf/text_format.h"
 
 namespace hybridmoe {
@@ -178,9 +178,9 @@ absl::Status ValidateParallelConfig(const TrainConfig& config, int world_size) {
   }
   const int experts = config.model().moe().num_experts();
   if (config.model().moe().every_n_layers() > 0 && experts % ep != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "model.moe.num_experts (", experts, ") must be divisible by parallel.expert_parallel_size (", ep,
-        "); valid sizes here: ", Divisors(world_size > 0 ? std::gcd(experts, world_size) : experts)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("model.moe.num_experts (", experts, ") must be divisible by parallel.expert_parallel_size (", ep,
+                     "); valid sizes here: ", Divisors(world_size > 0 ? std::gcd(experts, world_size) : experts)));
   }
   if (!(p.timeout_s() > 0) || p.timeout_s() > 1e7) {
     return absl::InvalidArgumentError(
@@ -240,9 +240,9 @@ absl::Status ValidateConfig(const TrainConfig& config, int world_size, bool chec
     }
   }
   if (check_files && !d.validation().empty()) {
-    c.Require(IsFile(d.validation()),
-              absl::StrCat("data.validation (", d.validation(), ") does not exist or is not a file; set it to a token "
-                           "file or to \"\" to disable validation"));
+    c.Require(IsFile(d.validation()), absl::StrCat("data.validation (", d.validation(),
+                                                   ") does not exist or is not a file; set it to a token "
+                                                   "file or to \"\" to disable validation"));
   }
 
   const OptimConfig& o = config.optim();

@@ -32,14 +32,15 @@ bool EndsWith(const std::string& s, const std::string& suffix) {
 // Element width and signedness of a NumPy descr ("<u2", "|u1", "<i8", ...).
 absl::Status ParseDescr(const std::string& path, const std::string& descr, int* bytes, bool* is_signed) {
   if (descr.size() == 3 && (descr[0] == '<' || descr[0] == '|' || descr[0] == '=') &&
-      (descr[1] == 'u' || descr[1] == 'i') && (descr[2] == '1' || descr[2] == '2' || descr[2] == '4' ||
-                                               descr[2] == '8')) {
+      (descr[1] == 'u' || descr[1] == 'i') &&
+      (descr[2] == '1' || descr[2] == '2' || descr[2] == '4' || descr[2] == '8')) {
     *bytes = descr[2] - '0';
     *is_signed = descr[1] == 'i';
     return absl::OkStatus();
   }
-  return absl::InvalidArgumentError(absl::StrCat("data file ", path, ": NumPy dtype '", descr,
-                                                 "' is not a little-endian integer type (expected <u2, <u4, <i4, <i8, ...)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("data file ", path, ": NumPy dtype '", descr,
+                   "' is not a little-endian integer type (expected <u2, <u4, <i4, <i8, ...)"));
 }
 
 }  // namespace
@@ -68,10 +69,9 @@ absl::StatusOr<std::unique_ptr<TokenFile>> TokenFile::Open(const std::string& pa
       f->bytes_per_token_ = dtype == DataConfig::UINT32 ? 4 : 2;
       f->format_name_ = absl::StrCat("raw ", DataConfig::Dtype_Name(dtype));
       if (m.size() % f->bytes_per_token_ != 0) {
-        return absl::InvalidArgumentError(absl::StrCat("data file ", path, ": size ", m.size(),
-                                                       " bytes is not a multiple of ", f->bytes_per_token_,
-                                                       " (data.dtype ", DataConfig::Dtype_Name(dtype),
-                                                       "); wrong dtype or truncated file"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("data file ", path, ": size ", m.size(), " bytes is not a multiple of ", f->bytes_per_token_,
+                         " (data.dtype ", DataConfig::Dtype_Name(dtype), "); wrong dtype or truncated file"));
       }
       break;
     case DataConfig::NPY: {
@@ -80,11 +80,13 @@ absl::StatusOr<std::unique_ptr<TokenFile>> TokenFile::Open(const std::string& pa
       }
       const int major = base[6];
       const size_t len_bytes = major == 1 ? 2 : 4;
-      if (m.size() < 8 + len_bytes) return absl::InvalidArgumentError(absl::StrCat("data file ", path, ": truncated .npy header"));
+      if (m.size() < 8 + len_bytes)
+        return absl::InvalidArgumentError(absl::StrCat("data file ", path, ": truncated .npy header"));
       size_t header_len = base[8] | (base[9] << 8);
       if (len_bytes == 4) header_len |= (static_cast<size_t>(base[10]) << 16) | (static_cast<size_t>(base[11]) << 24);
       data_offset = 8 + len_bytes + header_len;
-      if (data_offset > m.size()) return absl::InvalidArgumentError(absl::StrCat("data file ", path, ": truncated .npy header"));
+      if (data_offset > m.size())
+        return absl::InvalidArgumentError(absl::StrCat("data file ", path, ": truncated .npy header"));
       const std::string header(reinterpret_cast<const char*>(base + 8 + len_bytes), header_len);
       auto field = [&](const std::string& key) -> std::string {
         const size_t k = header.find("'" + key + "'");
@@ -99,7 +101,9 @@ absl::StatusOr<std::unique_ptr<TokenFile>> TokenFile::Open(const std::string& pa
       descr.erase(std::remove(descr.begin(), descr.end(), '\''), descr.end());
       RETURN_IF_ERROR(ParseDescr(path, descr, &f->bytes_per_token_, &f->signed_));
       if (field("fortran_order").find("True") != std::string::npos) {
-        return absl::InvalidArgumentError(absl::StrCat("data file ", path, ": Fortran-order arrays are not supported (save a C-order array: np.ascontiguousarray)"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("data file ", path,
+                         ": Fortran-order arrays are not supported (save a C-order array: np.ascontiguousarray)"));
       }
       // The element count saturates past the file size: a corrupt shape cannot overflow into a match.
       uint64_t numel = 1;
@@ -117,10 +121,10 @@ absl::StatusOr<std::unique_ptr<TokenFile>> TokenFile::Open(const std::string& pa
       }
       const bool too_big = numel > m.size();
       if (too_big || data_offset + numel * f->bytes_per_token_ != m.size()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "data file ", path, ": .npy header says shape ", shape, " of ", descr, " (",
-            too_big ? std::string("more than the file's") : absl::StrCat(numel * f->bytes_per_token_), " bytes) but ",
-            m.size() - data_offset, " data bytes follow (truncated file?)"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("data file ", path, ": .npy header says shape ", shape, " of ", descr, " (",
+                         too_big ? std::string("more than the file's") : absl::StrCat(numel * f->bytes_per_token_),
+                         " bytes) but ", m.size() - data_offset, " data bytes follow (truncated file?)"));
       }
       f->format_name_ = "npy " + descr;
       break;
@@ -138,15 +142,15 @@ absl::StatusOr<std::unique_ptr<TokenFile>> TokenFile::Open(const std::string& pa
       if (idx.size() < 34 || std::memcmp(p, "MMIDIDX\x00\x00", 9) != 0) {
         status = absl::InvalidArgumentError(absl::StrCat("data file ", idx_path, ": not a Megatron index (bad magic)"));
       } else if (u64(9) != 1) {
-        status = absl::InvalidArgumentError(absl::StrCat("data file ", idx_path, ": index version ", u64(9),
-                                                         " is not supported (expected 1)"));
+        status = absl::InvalidArgumentError(
+            absl::StrCat("data file ", idx_path, ": index version ", u64(9), " is not supported (expected 1)"));
       } else {
         static const int kWidth[] = {0, 1, 1, 2, 4, 8, 0, 0, 2};  // Megatron dtype codes 1..8
         static const bool kSigned[] = {false, false, true, true, true, true, false, false, false};
         const int code = p[17];
         if (code < 1 || code > 8 || kWidth[code] == 0) {
-          status = absl::InvalidArgumentError(absl::StrCat("data file ", idx_path, ": dtype code ", code,
-                                                           " is not an integer token type (1-5 or 8)"));
+          status = absl::InvalidArgumentError(
+              absl::StrCat("data file ", idx_path, ": dtype code ", code, " is not an integer token type (1-5 or 8)"));
         } else {
           f->bytes_per_token_ = kWidth[code];
           f->signed_ = kSigned[code];
@@ -155,10 +159,10 @@ absl::StatusOr<std::unique_ptr<TokenFile>> TokenFile::Open(const std::string& pa
           // from a corrupt header near 2^64 would wrap a product into a small "needed" size.
           const uint64_t room = idx.size() - 34;
           if (sequences > room / 12 || documents > (room - sequences * 12) / 8) {
-            status = absl::InvalidArgumentError(absl::StrCat(
-                "data file ", idx_path, ": header lists ", sequences, " sequences and ", documents,
-                " documents, more than its ", idx.size(),
-                " bytes hold (34 + 12 per sequence + 8 per document; truncated or corrupt index)"));
+            status = absl::InvalidArgumentError(
+                absl::StrCat("data file ", idx_path, ": header lists ", sequences, " sequences and ", documents,
+                             " documents, more than its ", idx.size(),
+                             " bytes hold (34 + 12 per sequence + 8 per document; truncated or corrupt index)"));
           } else {
             uint64_t tokens = 0;
             for (uint64_t i = 0; i < sequences && status.ok(); ++i) {
@@ -171,9 +175,9 @@ absl::StatusOr<std::unique_ptr<TokenFile>> TokenFile::Open(const std::string& pa
               tokens += static_cast<uint64_t>(size);
             }
             if (status.ok() && tokens * f->bytes_per_token_ != m.size()) {
-              status = absl::InvalidArgumentError(absl::StrCat(
-                  "data file ", path, ": ", m.size(), " bytes, but ", idx_path, " lists ", tokens, " tokens of ",
-                  f->bytes_per_token_, " bytes (truncated file or mismatched index)"));
+              status = absl::InvalidArgumentError(
+                  absl::StrCat("data file ", path, ": ", m.size(), " bytes, but ", idx_path, " lists ", tokens,
+                               " tokens of ", f->bytes_per_token_, " bytes (truncated file or mismatched index)"));
             }
           }
           f->format_name_ = absl::StrCat("megatron dtype ", code);
@@ -232,8 +236,8 @@ absl::StatusOr<std::unique_ptr<DataLoader>> DataLoader::Create(const DataConfig&
     ASSIGN_OR_RETURN(loader->validation_,
                      TokenFile::Open(config.validation(), config.format(), config.dtype(), vocab_size));
     if (loader->validation_->num_tokens() < config.seq_len() + 1) {
-      return absl::InvalidArgumentError(absl::StrCat("data.validation (", config.validation(), "): ",
-                                                     loader->validation_->num_tokens(),
+      return absl::InvalidArgumentError(absl::StrCat("data.validation (", config.validation(),
+                                                     "): ", loader->validation_->num_tokens(),
                                                      " tokens, fewer than data.seq_len + 1"));
     }
   }

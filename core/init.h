@@ -16,9 +16,9 @@ namespace hybridmoe {
 // Standard deviations for the roles a weight can play. Built from a config by models/.
 struct InitPlan {
   uint64_t seed = 0;
-  double std_in = 0.02;     // q/k/v, expert/FFN gate and up, router, embedding
-  double std_out = 0.02;    // attention output, expert/FFN down
-  double std_head = 0.02;   // LM head
+  double std_in = 0.02;         // q/k/v, expert/FFN gate and up, router, embedding
+  double std_out = 0.02;        // attention output, expert/FFN down
+  double std_head = 0.02;       // LM head
   double residual_scale = 1.0;  // DeepNorm's beta on v, out and FFN weights
 };
 

@@ -1,8 +1,8 @@
 #include "core/metrics.h"
 
 #include <cerrno>
-#include <cstring>
 #include <cmath>
+#include <cstring>
 #include <memory>
 
 #include "absl/strings/str_cat.h"

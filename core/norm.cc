@@ -29,10 +29,8 @@ void NormImpl::reset_parameters() {
 
 at::Tensor NormImpl::forward(const at::Tensor& x) {
   switch (options.kind) {
-    case NormKind::kRms:
-      return rms_norm(x, weight, options.eps);
-    case NormKind::kLayer:
-      return layer_norm(x, weight, bias, options.eps);
+    case NormKind::kRms: return rms_norm(x, weight, options.eps);
+    case NormKind::kLayer: return layer_norm(x, weight, bias, options.eps);
   }
   TORCH_INTERNAL_ASSERT(false, "unknown norm kind");
 }

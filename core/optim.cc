@@ -31,8 +31,8 @@ void AdamW::step(double lr) {
     p.mul_(1.0 - lr * options_.weight_decay);
     exp_avg_[i].lerp_(g, 1.0 - b1);
     exp_avg_sq_[i].mul_(b2).addcmul_(g, g, 1.0 - b2);
-    const at::Tensor denom = (exp_avg_sq_[i].sqrt() / std::sqrt(1.0 - std::pow(b2, static_cast<double>(step_))))
-                                 .add_(options_.eps);
+    const at::Tensor denom =
+        (exp_avg_sq_[i].sqrt() / std::sqrt(1.0 - std::pow(b2, static_cast<double>(step_)))).add_(options_.eps);
     p.addcdiv_(exp_avg_[i], denom, -lr / (1.0 - std::pow(b1, static_cast<double>(step_))));
   }
   for (const auto& [key, indices] : groups) {

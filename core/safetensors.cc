@@ -173,13 +173,14 @@ absl::Status SafetensorsReader::AddFile(const std::string& path, std::map<std::s
   const uint8_t* bytes = mapped.data();
   files_.push_back(Shard{std::move(mapped)});  // unmapped by the destructor, whatever happens below
   if (file_bytes < 8) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": file is ", file_bytes, " bytes, too short for the 8-byte header length (truncated file?)"));
+    return absl::InvalidArgumentError(absl::StrCat(path, ": file is ", file_bytes,
+                                                   " bytes, too short for the 8-byte header length (truncated file?)"));
   }
   uint64_t header_len = 0;
   std::memcpy(&header_len, bytes, 8);
   if (header_len > file_bytes - 8) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": header length ", header_len, " exceeds the ", file_bytes - 8,
+    return absl::InvalidArgumentError(absl::StrCat(path, ": header length ", header_len, " exceeds the ",
+                                                   file_bytes - 8,
                                                    " bytes after it (truncated file, or not a safetensors file?)"));
   }
   const std::string header(reinterpret_cast<const char*>(bytes + 8), header_len);

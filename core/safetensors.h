@@ -95,5 +95,4 @@ absl::Status WriteSafetensorsIndex(const std::string& path, const std::map<std::
 // The format's dtype name of an at:: type ("F32", ...), or an error naming the type and the known ones.
 absl::StatusOr<std::string> SafetensorsDtypeName(at::ScalarType type);
 
-
 }  // namespace hybridmoe

@@ -9,14 +9,13 @@
 #define HM_CONCAT_INNER_(a, b) a##b
 #define HM_CONCAT_(a, b) HM_CONCAT_INNER_(a, b)
 
-#define RETURN_IF_ERROR(expr)                  \
-  do {                                         \
-    ::absl::Status hm_status_ = (expr);        \
-    if (!hm_status_.ok()) return hm_status_;   \
+#define RETURN_IF_ERROR(expr)                \
+  do {                                       \
+    ::absl::Status hm_status_ = (expr);      \
+    if (!hm_status_.ok()) return hm_status_; \
   } while (0)
 
-#define ASSIGN_OR_RETURN(lhs, expr) \
-  ASSIGN_OR_RETURN_IMPL_(HM_CONCAT_(hm_statusor_, __LINE__), lhs, expr)
+#define ASSIGN_OR_RETURN(lhs, expr) ASSIGN_OR_RETURN_IMPL_(HM_CONCAT_(hm_statusor_, __LINE__), lhs, expr)
 
 #define ASSIGN_OR_RETURN_IMPL_(statusor, lhs, expr) \
   auto statusor = (expr);                           \

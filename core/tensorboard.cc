@@ -71,9 +71,9 @@ absl::StatusOr<RecordSplit> SplitRecords(std::string_view bytes, std::string_vie
     const uint32_t stored_length_crc = static_cast<uint32_t>(GetLittleEndian(bytes, offset + 8, 4));
     const uint32_t length_crc = MaskCrc32c(Crc32c(bytes.substr(offset, 8)));
     if (stored_length_crc != length_crc) {
-      return absl::DataLossError(absl::StrFormat(
-          "%s: record %d at byte %d: length CRC 0x%08x does not match computed 0x%08x (corrupt file)", source,
-          index, offset, stored_length_crc, length_crc));
+      return absl::DataLossError(
+          absl::StrFormat("%s: record %d at byte %d: length CRC 0x%08x does not match computed 0x%08x (corrupt file)",
+                          source, index, offset, stored_length_crc, length_crc));
     }
     if (length > left - 12 || left - 12 - length < 4) {
       split.truncated = true;
@@ -83,9 +83,9 @@ absl::StatusOr<RecordSplit> SplitRecords(std::string_view bytes, std::string_vie
     const uint32_t stored_data_crc = static_cast<uint32_t>(GetLittleEndian(bytes, offset + 12 + length, 4));
     const uint32_t data_crc = MaskCrc32c(Crc32c(data));
     if (stored_data_crc != data_crc) {
-      return absl::DataLossError(absl::StrFormat(
-          "%s: record %d at byte %d: data CRC 0x%08x does not match computed 0x%08x (corrupt file)", source,
-          index, offset, stored_data_crc, data_crc));
+      return absl::DataLossError(
+          absl::StrFormat("%s: record %d at byte %d: data CRC 0x%08x does not match computed 0x%08x (corrupt file)",
+                          source, index, offset, stored_data_crc, data_crc));
     }
     split.records.emplace_back(data);
     offset += kRecordOverheadBytes + length;
@@ -97,8 +97,8 @@ absl::StatusOr<RecordSplit> SplitRecords(std::string_view bytes, std::string_vie
 absl::StatusOr<std::unique_ptr<TensorBoardWriter>> TensorBoardWriter::Open(const std::string& run_dir,
                                                                            const std::string& file_suffix) {
   if (file_suffix.find('/') != std::string::npos) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "tensorboard file_suffix '%s' contains '/'; use a plain name such as 'rank0'", file_suffix));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("tensorboard file_suffix '%s' contains '/'; use a plain name such as 'rank0'", file_suffix));
   }
   if (absl::Status s = MakeDirs(run_dir); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("tensorboard: ", s.message()));
@@ -114,12 +114,10 @@ absl::StatusOr<std::unique_ptr<TensorBoardWriter>> TensorBoardWriter::Open(const
     const int err = errno;
     if (err == EEXIST) {
       return absl::AlreadyExistsError(absl::StrFormat(
-          "tensorboard event file %s already exists; give each writer in one directory its own file_suffix",
-          path));
+          "tensorboard event file %s already exists; give each writer in one directory its own file_suffix", path));
     }
-    return absl::Status(
-        absl::ErrnoToStatusCode(err),
-        absl::StrFormat("tensorboard: cannot create event file %s: %s", path, std::strerror(err)));
+    return absl::Status(absl::ErrnoToStatusCode(err),
+                        absl::StrFormat("tensorboard: cannot create event file %s: %s", path, std::strerror(err)));
   }
   std::unique_ptr<TensorBoardWriter> writer(new TensorBoardWriter(path, fd));
   tensorboard::Event event;
@@ -133,13 +131,11 @@ TensorBoardWriter::~TensorBoardWriter() {
   if (fd_ >= 0) close(fd_);
 }
 
-absl::Status TensorBoardWriter::AddScalar(const std::string& tag, int64_t step, double value,
-                                          double wall_time) {
+absl::Status TensorBoardWriter::AddScalar(const std::string& tag, int64_t step, double value, double wall_time) {
   return AddScalars(step, {{tag, value}}, wall_time);
 }
 
-absl::Status TensorBoardWriter::AddScalars(int64_t step,
-                                           const std::vector<std::pair<std::string, double>>& tag_values,
+absl::Status TensorBoardWriter::AddScalars(int64_t step, const std::vector<std::pair<std::string, double>>& tag_values,
                                            double wall_time) {
   tensorboard::Event event;
   event.set_wall_time(wall_time);
@@ -168,9 +164,8 @@ absl::Status TensorBoardWriter::WriteEvent(const std::string& serialized_event) 
     const ssize_t n = write(fd_, record.data() + done, record.size() - done);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
-      failure_ =
-          absl::DataLossError(absl::StrFormat("tensorboard: writing %s failed after %d of %d bytes: %s",
-                                              path_, done, record.size(), std::strerror(errno)));
+      failure_ = absl::DataLossError(absl::StrFormat("tensorboard: writing %s failed after %d of %d bytes: %s", path_,
+                                                     done, record.size(), std::strerror(errno)));
       break;
     }
     done += static_cast<size_t>(n);
@@ -181,8 +176,7 @@ absl::Status TensorBoardWriter::WriteEvent(const std::string& serialized_event) 
 absl::Status TensorBoardWriter::Flush() {
   if (!failure_.ok()) return failure_;
   if (fsync(fd_) != 0) {
-    failure_ = absl::DataLossError(
-        absl::StrFormat("tensorboard: flushing %s failed: %s", path_, std::strerror(errno)));
+    failure_ = absl::DataLossError(absl::StrFormat("tensorboard: flushing %s failed: %s", path_, std::strerror(errno)));
   }
   return failure_;
 }

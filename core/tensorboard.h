@@ -65,8 +65,7 @@ class TensorBoardWriter {
   TensorBoardWriter& operator=(const TensorBoardWriter&) = delete;
 
   // One scalar at `step` (stored as float32; NaN and Inf are kept as they are).
-  absl::Status AddScalar(const std::string& tag, int64_t step, double value,
-                         double wall_time = UnixSecondsNow());
+  absl::Status AddScalar(const std::string& tag, int64_t step, double value, double wall_time = UnixSecondsNow());
   // Several scalars at one step in a single record: {{"train/loss", 2.5}, {"train/lr", 3e-4}}.
   absl::Status AddScalars(int64_t step, const std::vector<std::pair<std::string, double>>& tag_values,
                           double wall_time = UnixSecondsNow());

@@ -25,10 +25,9 @@ ParamCount ParamBreakdown::Sum() const {
 }
 
 std::vector<std::pair<std::string, ParamCount>> ParamBreakdown::Components() const {
-  return {{"embedding", embedding}, {"lm_head", lm_head},       {"attention", attention},
-          {"qkv_norms", qkv_norms}, {"block_norms", block_norms}, {"router", router},
-          {"experts", experts},     {"dense_ffn", dense_ffn},     {"final_norm", final_norm},
-          {"normformer", normformer}};
+  return {{"embedding", embedding},     {"lm_head", lm_head},      {"attention", attention}, {"qkv_norms", qkv_norms},
+          {"block_norms", block_norms}, {"router", router},        {"experts", experts},     {"dense_ffn", dense_ffn},
+          {"final_norm", final_norm},   {"normformer", normformer}};
 }
 
 ParamBreakdown& ParamBreakdown::operator+=(const ParamBreakdown& o) {

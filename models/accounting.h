@@ -56,10 +56,10 @@ struct ParamBreakdown {
   ParamCount qkv_norms;    // q_norm, k_norm, v_norm
   ParamCount block_norms;  // attn_norm, attn_out_norm, ffn_norm, ffn_out_norm
   ParamCount router;
-  ParamCount experts;      // w_gate, w_up, w_down of all experts
-  ParamCount dense_ffn;    // w_gate, w_up, w_down of dense blocks
+  ParamCount experts;    // w_gate, w_up, w_down of all experts
+  ParamCount dense_ffn;  // w_gate, w_up, w_down of dense blocks
   ParamCount final_norm;
-  ParamCount normformer;   // head_scale, expert/dense hidden norms, ffn_residual_scale
+  ParamCount normformer;       // head_scale, expert/dense hidden norms, ffn_residual_scale
   int64_t expert_sharded = 0;  // parameters sharded over expert parallelism (experts + their hidden norms)
 
   ParamCount Sum() const;
@@ -84,12 +84,12 @@ struct MemoryPerRank {
 };
 
 struct ModelAccount {
-  ParamBreakdown params;              // whole model
-  std::vector<BlockAccount> blocks;   // one per layer
+  ParamBreakdown params;             // whole model
+  std::vector<BlockAccount> blocks;  // one per layer
   int64_t total_params = 0;
   int64_t active_params = 0;
   int64_t matmul_params_active = 0;
-  int64_t params_per_rank = 0;        // what one rank stores (experts sharded over EP)
+  int64_t params_per_rank = 0;  // what one rank stores (experts sharded over EP)
   int64_t flops_per_token_forward = 0;
   int64_t flops_per_token_train = 0;
   int world_size = 1;

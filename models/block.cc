@@ -9,17 +9,10 @@ BlockLayout ResolveBlockLayout(const NormStrategyOptions& norm, int64_t layer, i
   BlockLayout l;
   bool default_per_head = false;
   switch (norm.strategy) {
-    case NormStrategy::kPreNorm:
-      break;
-    case NormStrategy::kPostNorm:
-      l.attn_form = l.ffn_form = SubLayerForm::kPost;
-      break;
-    case NormStrategy::kQkNorm:
-      l.q_norm = l.k_norm = true;
-      break;
-    case NormStrategy::kQkvNorm:
-      l.q_norm = l.k_norm = l.v_norm = true;
-      break;
+    case NormStrategy::kPreNorm: break;
+    case NormStrategy::kPostNorm: l.attn_form = l.ffn_form = SubLayerForm::kPost; break;
+    case NormStrategy::kQkNorm: l.q_norm = l.k_norm = true; break;
+    case NormStrategy::kQkvNorm: l.q_norm = l.k_norm = l.v_norm = true; break;
     case NormStrategy::kHybridNorm:
       l.attn_form = SubLayerForm::kNone;
       l.ffn_form = SubLayerForm::kNormResidual;
@@ -37,9 +30,7 @@ BlockLayout ResolveBlockLayout(const NormStrategyOptions& norm, int64_t layer, i
       if (layer < post_blocks) l.attn_form = l.ffn_form = SubLayerForm::kPost;
       break;
     }
-    case NormStrategy::kSandwich:
-      l.attn_form = l.ffn_form = SubLayerForm::kSandwich;
-      break;
+    case NormStrategy::kSandwich: l.attn_form = l.ffn_form = SubLayerForm::kSandwich; break;
     case NormStrategy::kDeepNorm:
       l.attn_form = l.ffn_form = SubLayerForm::kDeep;
       l.residual_alpha = std::pow(2.0 * static_cast<double>(n_layers), 0.25);
@@ -88,20 +79,15 @@ at::Tensor ApplySubLayer(SubLayerForm form, const at::Tensor& x, const std::func
                          Norm& in_norm, Norm& out_norm, double alpha, const at::Tensor& branch_scale) {
   auto scaled = [&](const at::Tensor& y) { return branch_scale.defined() ? y * branch_scale : y; };
   switch (form) {
-    case SubLayerForm::kPre:
-      return x + scaled(f(in_norm(x)));
-    case SubLayerForm::kPost:
-      return out_norm(x + f(x));
-    case SubLayerForm::kNone:
-      return x + f(x);
+    case SubLayerForm::kPre: return x + scaled(f(in_norm(x)));
+    case SubLayerForm::kPost: return out_norm(x + f(x));
+    case SubLayerForm::kNone: return x + f(x);
     case SubLayerForm::kNormResidual: {
       const at::Tensor h = in_norm(x);
       return h + f(h);
     }
-    case SubLayerForm::kSandwich:
-      return x + out_norm(f(in_norm(x)));
-    case SubLayerForm::kDeep:
-      return out_norm(alpha * x + f(x));
+    case SubLayerForm::kSandwich: return x + out_norm(f(in_norm(x)));
+    case SubLayerForm::kDeep: return out_norm(alpha * x + f(x));
   }
   TORCH_INTERNAL_ASSERT(false, "unknown sub-layer form");
 }
@@ -157,9 +143,8 @@ void TransformerBlockImpl::reset_parameters(const InitPlan& plan, const std::str
 
 BlockOutput TransformerBlockImpl::forward(const at::Tensor& x_BSD) {
   BlockOutput out;
-  const at::Tensor y = ApplySubLayer(
-      layout.attn_form, x_BSD, [&](const at::Tensor& h) { return attn(h); }, attn_norm, attn_out_norm,
-      layout.residual_alpha, {});
+  const at::Tensor y = ApplySubLayer(layout.attn_form, x_BSD, [&](const at::Tensor& h) { return attn(h); }, attn_norm,
+                                     attn_out_norm, layout.residual_alpha, {});
   auto ffn_fn = [&](const at::Tensor& h) -> at::Tensor {
     if (!ffn.is_empty()) return ffn(h);
     MoeOutput m = moe(h.reshape({-1, h.size(-1)}));

@@ -112,9 +112,9 @@ absl::Status WriteShard(const std::string& dir, const std::string& stem, const s
     // Expert slices are written by their own shard, everything else by shard 0.
     if (shard.index == 0 || IsExpertName(s.key)) tensors[s.key] = s.value.detach().to(at::kCPU).contiguous();
   }
-  const std::string name = shard.count == 1 ? stem + ".safetensors"
-                                            : absl::StrFormat("%s-%05d-of-%05d.safetensors", stem, shard.index,
-                                                              shard.count);
+  const std::string name = shard.count == 1
+                               ? stem + ".safetensors"
+                               : absl::StrFormat("%s-%05d-of-%05d.safetensors", stem, shard.index, shard.count);
   return WriteSafetensors(dir + "/" + name, tensors);
 }
 
@@ -253,13 +253,15 @@ absl::Status VerifyCheckpoint(const std::string& dir) {
     auto d = Digest(path);
     if (!d.ok()) return absl::DataLossError(absl::StrCat("checkpoint file ", path, " is missing"));
     if (d->bytes != want.value("bytes", uint64_t{0})) {
-      return absl::DataLossError(absl::StrCat("checkpoint file ", path, " has ", d->bytes, " bytes, MANIFEST.json says ",
-                                              want.value("bytes", uint64_t{0}), " (truncated or replaced)"));
+      return absl::DataLossError(absl::StrCat("checkpoint file ", path, " has ", d->bytes,
+                                              " bytes, MANIFEST.json says ", want.value("bytes", uint64_t{0}),
+                                              " (truncated or replaced)"));
     }
     if (d->crc != want.value("crc32c", uint32_t{0})) {
-      return absl::DataLossError(absl::StrFormat("checkpoint file %s: CRC-32C %08x does not match MANIFEST.json "
-                                                 "(%08x); the file is corrupted",
-                                                 path, d->crc, want.value("crc32c", uint32_t{0})));
+      return absl::DataLossError(
+          absl::StrFormat("checkpoint file %s: CRC-32C %08x does not match MANIFEST.json "
+                          "(%08x); the file is corrupted",
+                          path, d->crc, want.value("crc32c", uint32_t{0})));
     }
   }
   return absl::OkStatus();

@@ -141,9 +141,7 @@ InitPlan MakeInitPlan(const TransformerOptions& o, uint64_t seed) {
   InitPlan plan;
   plan.seed = seed;
   switch (o.init) {
-    case InitScheme::kNormal:
-      plan.std_in = plan.std_out = plan.std_head = o.init_std;
-      break;
+    case InitScheme::kNormal: plan.std_in = plan.std_out = plan.std_head = o.init_std; break;
     case InitScheme::kMegatron: {
       const double s = std::sqrt(2.0 / (5.0 * static_cast<double>(o.d_model)));
       plan.std_in = s;
@@ -224,8 +222,8 @@ ModelOutput TransformerImpl::forward(const at::Tensor& tokens_BS, const at::Tens
   ModelOutput out;
   out.logits = at::matmul(final_norm(x), lm_head.t());
   if (!targets_BS.defined()) return out;
-  out.lm_loss = at::cross_entropy_loss(at_least_fp32(out.logits.reshape({-1, options.vocab_size})),
-                                       targets_BS.reshape({-1}));
+  out.lm_loss =
+      at::cross_entropy_loss(at_least_fp32(out.logits.reshape({-1, options.vocab_size})), targets_BS.reshape({-1}));
   if (lb.empty()) {
     out.lb_loss = at::zeros({}, out.lm_loss.options());
     out.z_loss = at::zeros({}, out.lm_loss.options());

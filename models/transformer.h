@@ -72,7 +72,7 @@ class TransformerImpl : public torch::nn::Module {
   std::vector<MoeLayer> moe_layers() const;
 
   TransformerOptions options;
-  at::Tensor embed;  // [V, D]
+  at::Tensor embed;                      // [V, D]
   std::vector<TransformerBlock> blocks;  // also registered under "blocks" (a ModuleList)
   Norm final_norm{nullptr};
   at::Tensor lm_head;  // [V, D]

@@ -2,8 +2,8 @@
 
 namespace hybridmoe {
 
-Permutation permute_by_expert(const at::Tensor& experts_TK, const at::Tensor& weights_TK,
-                              const at::Tensor& priority_TK, int64_t num_experts, int64_t capacity) {
+Permutation permute_by_expert(const at::Tensor& experts_TK, const at::Tensor& weights_TK, const at::Tensor& priority_TK,
+                              int64_t num_experts, int64_t capacity) {
   const int64_t K = experts_TK.size(-1);
   const at::Tensor expert_A = experts_TK.reshape({-1});  // A = T*K assignments
   Permutation p;

@@ -17,16 +17,16 @@
 namespace hybridmoe {
 
 struct Permutation {
-  at::Tensor slot_S;    // int64: index into the flattened [T*K] assignments, grouped by expert
-  at::Tensor token_S;   // int64: token of each kept slot (slot_S / K)
-  at::Tensor weight_S;  // gate weight of each kept slot
+  at::Tensor slot_S;              // int64: index into the flattened [T*K] assignments, grouped by expert
+  at::Tensor token_S;             // int64: token of each kept slot (slot_S / K)
+  at::Tensor weight_S;            // gate weight of each kept slot
   std::vector<int64_t> counts_E;  // kept slots per expert, sum = S
   int64_t dropped = 0;            // slots dropped by capacity
 };
 
 // capacity < 0 means dropless. `priority_TK` orders slots of an over-full expert (highest kept).
-Permutation permute_by_expert(const at::Tensor& experts_TK, const at::Tensor& weights_TK,
-                              const at::Tensor& priority_TK, int64_t num_experts, int64_t capacity);
+Permutation permute_by_expert(const at::Tensor& experts_TK, const at::Tensor& weights_TK, const at::Tensor& priority_TK,
+                              int64_t num_experts, int64_t capacity);
 
 // Accumulated by dispatcher implementations between resets (read outside forward, for router statistics).
 struct DispatchCounters {

@@ -133,9 +133,8 @@ at::Tensor GroupedExpertsImpl::forward(const at::Tensor& x_SD, const std::vector
     if (counts[e] == 0) continue;
     at::Tensor h = at::silu(at::mm(x_e[e], gate[e].t())) * at::mm(x_e[e], up[e].t());
     if (!norm_w.empty()) {
-      h = options.norm_kind == NormKind::kRms
-              ? rms_norm(h, norm_w[e], options.eps)
-              : at::layer_norm(h, {h.size(-1)}, norm_w[e], norm_b[e], options.eps);
+      h = options.norm_kind == NormKind::kRms ? rms_norm(h, norm_w[e], options.eps)
+                                              : at::layer_norm(h, {h.size(-1)}, norm_w[e], norm_b[e], options.eps);
     }
     y_e.push_back(at::mm(h, down[e].t()));
   }

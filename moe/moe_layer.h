@@ -28,9 +28,9 @@ struct MoeOptions {
   int64_t top_k = 2;
   int64_t hidden = 256;
   bool normalize_topk = false;
-  double capacity_factor = 0;  // 0 = dropless
+  double capacity_factor = 0;             // 0 = dropless
   std::vector<double> router_logit_bias;  // fixed per-expert logit bias (empty = none)
-  bool hidden_norm = false;    // NormFormer
+  bool hidden_norm = false;               // NormFormer
   NormKind norm_kind = NormKind::kRms;
   double eps = 1e-5;
 };

@@ -21,7 +21,8 @@ at::Tensor expert_counts(const at::Tensor& experts_TK, int64_t num_experts) {
 
 at::Tensor load_balance_loss(const at::Tensor& probs_TE, const at::Tensor& experts_TK) {
   const int64_t E = probs_TE.size(-1);
-  const at::Tensor f_E = expert_counts(experts_TK, E).to(probs_TE.scalar_type()) / static_cast<double>(experts_TK.numel());
+  const at::Tensor f_E =
+      expert_counts(experts_TK, E).to(probs_TE.scalar_type()) / static_cast<double>(experts_TK.numel());
   const at::Tensor P_E = probs_TE.mean(0);
   return E * (f_E * P_E).sum();
 }

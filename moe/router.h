@@ -15,11 +15,11 @@
 namespace hybridmoe {
 
 struct Routing {
-  at::Tensor logits_TE;   // fp32
-  at::Tensor probs_TE;    // fp32
+  at::Tensor logits_TE;      // fp32
+  at::Tensor probs_TE;       // fp32
   at::Tensor topk_probs_TK;  // fp32, router probabilities of the chosen experts (capacity priority)
-  at::Tensor weights_TK;  // fp32, gate weights of the chosen experts (topk_probs, renormalised if asked)
-  at::Tensor experts_TK;  // int64
+  at::Tensor weights_TK;     // fp32, gate weights of the chosen experts (topk_probs, renormalised if asked)
+  at::Tensor experts_TK;     // int64
 };
 
 // Routes tokens from router logits (any float dtype; computed in fp32).

@@ -1,6 +1,5 @@
 #include "moe/router_stats.h"
 
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -94,8 +93,7 @@ RouterStepRecord MakeRouterRecord(int64_t step, int layer, int top_k, const Rout
 std::vector<std::pair<std::string, double>> SummarizeRouterRecords(const std::vector<RouterStepRecord>& records) {
   std::vector<std::pair<std::string, double>> out;
   if (records.empty()) return out;
-  double max_mom = 0, min_mom = INFINITY, cv = 0, dead = 0, entropy = 0, top1 = 0, lb = 0, z = 0, dropped = 0,
-         a2a = 0;
+  double max_mom = 0, min_mom = INFINITY, cv = 0, dead = 0, entropy = 0, top1 = 0, lb = 0, z = 0, dropped = 0, a2a = 0;
   for (const RouterStepRecord& r : records) {
     max_mom = std::max(max_mom, r.max_over_mean());
     min_mom = std::min(min_mom, r.mean_load() > 0 ? r.min_load() / r.mean_load() : 0.0);
@@ -109,10 +107,11 @@ std::vector<std::pair<std::string, double>> SummarizeRouterRecords(const std::ve
     a2a += r.all_to_all_seconds();
   }
   const double n = static_cast<double>(records.size());
-  out = {{"router/max_over_mean", max_mom}, {"router/min_over_mean", min_mom}, {"router/cv_mean", cv / n},
-         {"router/dead_experts", dead},     {"router/entropy_mean", entropy / n}, {"router/top1_mean", top1 / n},
-         {"router/lb_loss", lb / n},        {"router/z_loss", z / n},           {"router/dropped", dropped},
-         {"router/all_to_all_s", a2a}};
+  out = {{"router/max_over_mean", max_mom},    {"router/min_over_mean", min_mom},
+         {"router/cv_mean", cv / n},           {"router/dead_experts", dead},
+         {"router/entropy_mean", entropy / n}, {"router/top1_mean", top1 / n},
+         {"router/lb_loss", lb / n},           {"router/z_loss", z / n},
+         {"router/dropped", dropped},          {"router/all_to_all_s", a2a}};
   for (const RouterStepRecord& r : records) {
     out.emplace_back(absl::StrCat("router/layer", r.layer(), "/max_over_mean"), r.max_over_mean());
   }
@@ -210,9 +209,10 @@ std::string CheckRouterRecord(const RouterStepRecord& r) {
     return "a router record needs step, layer, num_experts, top_k and tokens";
   }
   if (r.layer() < 0 || r.num_experts() < 1 || r.top_k() < 1 || r.top_k() > r.num_experts() || r.tokens() < 1) {
-    return absl::StrFormat("layer %d, num_experts %d, top_k %d, tokens %d out of range (need layer >= 0, "
-                           "1 <= top_k <= num_experts, tokens >= 1)",
-                           r.layer(), r.num_experts(), r.top_k(), r.tokens());
+    return absl::StrFormat(
+        "layer %d, num_experts %d, top_k %d, tokens %d out of range (need layer >= 0, "
+        "1 <= top_k <= num_experts, tokens >= 1)",
+        r.layer(), r.num_experts(), r.top_k(), r.tokens());
   }
   if (r.counts_size() != r.num_experts()) {
     return absl::StrFormat("counts has %d entries but num_experts is %d", r.counts_size(), r.num_experts());
@@ -255,8 +255,7 @@ absl::StatusOr<RouterStatsFile> ReadRouterStats(const std::string& path_or_run_d
   return out;
 }
 
-std::vector<RouterAlert> FindRouterAlerts(const std::vector<RouterStepRecord>& records,
-                                          const AlertThresholds& t) {
+std::vector<RouterAlert> FindRouterAlerts(const std::vector<RouterStepRecord>& records, const AlertThresholds& t) {
   std::map<int, std::vector<const RouterStepRecord*>> by_layer;
   for (const RouterStepRecord& r : records) by_layer[r.layer()].push_back(&r);
   std::vector<RouterAlert> alerts;
@@ -296,8 +295,8 @@ std::vector<RouterAlert> FindRouterAlerts(const std::vector<RouterStepRecord>& r
     if (entropy_collapsed(last)) {
       const int64_t since = began(entropy_collapsed);
       add("collapse_entropy", -1, since, entropy_ratio(last),
-          absl::StrFormat("router entropy %.3f nats = %.2f x ln %d (threshold %.2f) since step %d",
-                          last.entropy_mean(), entropy_ratio(last), E, t.min_entropy_ratio, since));
+          absl::StrFormat("router entropy %.3f nats = %.2f x ln %d (threshold %.2f) since step %d", last.entropy_mean(),
+                          entropy_ratio(last), E, t.min_entropy_ratio, since));
     }
     const double baseline = series.front()->max_over_mean();
     auto grown = [&](const RouterStepRecord& r) {

@@ -40,8 +40,8 @@ struct LoadStats {
   double mean_load = 0, max_load = 0, min_load = 0;
   double max_over_mean = 0, cv = 0;
   int dead_experts = 0;
-  int hottest = -1;           // expert with the largest load (lowest id on ties)
-  double hottest_share = 0;   // its load / tokens: the fraction of tokens that picked it
+  int hottest = -1;          // expert with the largest load (lowest id on ties)
+  double hottest_share = 0;  // its load / tokens: the fraction of tokens that picked it
 };
 
 // `tokens` > 0; sum(counts_E) is normally tokens * K.
@@ -99,9 +99,9 @@ class RouterStatsLogger {
 struct RouterStatsFile {
   std::string path;
   std::vector<RouterStepRecord> records;  // sorted by (step, layer); the last record of a repeated pair wins
-  bool truncated = false;  // the file ends in a cut-off record (a live run, or a copy taken mid-write)
-  bool invalid = false;    // garbage after the valid prefix; `records` holds that prefix
-  std::string problem;     // one line; empty when the whole file is valid
+  bool truncated = false;                 // the file ends in a cut-off record (a live run, or a copy taken mid-write)
+  bool invalid = false;                   // garbage after the valid prefix; `records` holds that prefix
+  std::string problem;                    // one line; empty when the whole file is valid
 };
 
 // Reads `path_or_run_dir` (a router_stats.pb file, or a run directory holding one). NotFound when absent;
@@ -120,8 +120,8 @@ struct AlertThresholds {
 
 struct RouterAlert {
   int layer = 0;
-  std::string kind;    // "dead_expert", "collapse_share", "collapse_entropy", "imbalance_growth"
-  int expert = -1;     // the dead or hottest expert; -1 when not about one expert
+  std::string kind;        // "dead_expert", "collapse_share", "collapse_entropy", "imbalance_growth"
+  int expert = -1;         // the dead or hottest expert; -1 when not about one expert
   int64_t began_step = 0;  // first step of the final run of records where the condition holds
   double value = 0;        // at the latest record: share, entropy ratio, growth factor, 0 tokens
   std::string detail;      // one line for people

@@ -71,8 +71,8 @@ void CheckBlocksTile(const BlocksPerPeer& blocks_P, int P, int64_t n, std::strin
   std::vector<std::pair<int64_t, int64_t>> ranges;  // (offset, rows) of the non-empty blocks
   for (const std::vector<RowBlock>& blocks : blocks_P) {
     for (const RowBlock& b : blocks) {
-      TORCH_CHECK(b.rows >= 0 && b.offset >= 0 && b.offset + b.rows <= n, what, ": ", role, " block [", b.offset,
-                  ", ", b.offset + b.rows, ") is outside the ", n, " rows");
+      TORCH_CHECK(b.rows >= 0 && b.offset >= 0 && b.offset + b.rows <= n, what, ": ", role, " block [", b.offset, ", ",
+                  b.offset + b.rows, ") is outside the ", n, " rows");
       if (b.rows > 0) ranges.emplace_back(b.offset, b.rows);
     }
   }
@@ -111,8 +111,7 @@ at::Tensor Communicator::AllToAllBlocks(const at::Tensor& x_ND, const BlocksPerP
   std::vector<int64_t> send_rows_P, recv_rows_P;
   const at::Tensor send_order = packed_order(send_P, send_rows_P);
   const at::Tensor recv_order = packed_order(recv_P, recv_rows_P);
-  const at::Tensor packed =
-      send_order.defined() ? x_ND.index_select(0, send_order.to(x_ND.device())) : x_ND;
+  const at::Tensor packed = send_order.defined() ? x_ND.index_select(0, send_order.to(x_ND.device())) : x_ND;
   const at::Tensor received = AllToAll(packed, send_rows_P, recv_rows_P, what);
   if (!recv_order.defined()) return received;
   return at::empty_like(received).index_copy_(0, recv_order.to(received.device()), received);
@@ -197,8 +196,7 @@ std::vector<int> MpiCommunicator::ProbeUnresponsive(double grace_s) {
   return silent;
 }
 
-void MpiCommunicator::Wait(std::vector<MPI_Request>& requests, const std::vector<int>& peer_of,
-                           std::string_view what) {
+void MpiCommunicator::Wait(std::vector<MPI_Request>& requests, const std::vector<int>& peer_of, std::string_view what) {
   if (requests.empty()) return;
   const int n = static_cast<int>(requests.size());
   const auto start = Clock::now();
@@ -254,9 +252,8 @@ int64_t RowBytes(const at::Tensor& x) {
 
 at::Tensor MpiCommunicator::AllToAll(const at::Tensor& x_ND, const std::vector<int64_t>& send_rows_P,
                                      const std::vector<int64_t>& recv_rows_P, std::string_view what) {
-  TORCH_CHECK(static_cast<int>(send_rows_P.size()) == size_ && static_cast<int>(recv_rows_P.size()) == size_,
-              what, ": expected ", size_, " send and receive counts, got ", send_rows_P.size(), " and ",
-              recv_rows_P.size());
+  TORCH_CHECK(static_cast<int>(send_rows_P.size()) == size_ && static_cast<int>(recv_rows_P.size()) == size_, what,
+              ": expected ", size_, " send and receive counts, got ", send_rows_P.size(), " and ", recv_rows_P.size());
   const int64_t out_rows = std::accumulate(recv_rows_P.begin(), recv_rows_P.end(), int64_t{0});
   return AllToAllBlocks(x_ND, ContiguousBlocks(send_rows_P), ContiguousBlocks(recv_rows_P), out_rows, what);
 }

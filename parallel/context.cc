@@ -181,10 +181,10 @@ absl::StatusOr<std::unique_ptr<ParallelContext>> ParallelContext::Create(const T
   MPI_Query_thread(&provided);
   if (provided < MPI_THREAD_SERIALIZED) {
     if (owns_mpi) MPI_Finalize();
-    return absl::FailedPreconditionError(absl::StrCat(
-        "launch: the MPI library under ", launch.launcher, " provides thread level ", provided,
-        " but HybridMoE needs MPI_THREAD_SERIALIZED (", MPI_THREAD_SERIALIZED,
-        ") or more: MPI is called from autograd's worker threads; use an MPI built with thread support"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("launch: the MPI library under ", launch.launcher, " provides thread level ", provided,
+                     " but HybridMoE needs MPI_THREAD_SERIALIZED (", MPI_THREAD_SERIALIZED,
+                     ") or more: MPI is called from autograd's worker threads; use an MPI built with thread support"));
   }
   int rank = 0, world = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -211,8 +211,8 @@ absl::StatusOr<std::unique_ptr<ParallelContext>> ParallelContext::Create(const T
 #ifdef HYBRIDMOE_WITH_NCCL
     // CUDA tensors go through NCCL on this rank's own GPU, CPU tensors and host values through MPI.
     const int count = at::hasCUDA() ? static_cast<int>(at::getNumGPUs()) : 0;
-    absl::StatusOr<at::Device> device = ChooseDevice(ParallelConfig::CUDA, topology.local_rank,
-                                                     topology.local_size, count);
+    absl::StatusOr<at::Device> device =
+        ChooseDevice(ParallelConfig::CUDA, topology.local_rank, topology.local_size, count);
     if (!device.ok()) {
       // Every rank of a node fails alike; ranks of other nodes may not, so end the whole job.
       world_comm->Fail("launch:", std::string(device.status().message()));

@@ -15,14 +15,14 @@ absl::StatusOr<c10::Device> ChooseDevice(ParallelConfig::Device configured, int 
         "--config=cuda, or no device visible); valid here: CPU");
   }
   if (local_rank < 0 || local_rank >= local_size) {
-    return absl::InvalidArgumentError(absl::StrCat("launch: local rank ", local_rank, " is outside the ",
-                                                   local_size, " ranks of this node"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("launch: local rank ", local_rank, " is outside the ", local_size, " ranks of this node"));
   }
   if (local_size > device_count) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "parallel.device (CUDA): ", local_size, " ranks on this node but ", device_count,
-        " visible GPU(s); each rank needs its own GPU: start at most ", device_count,
-        " ranks per node, or use parallel.device CPU"));
+    return absl::FailedPreconditionError(absl::StrCat("parallel.device (CUDA): ", local_size,
+                                                      " ranks on this node but ", device_count,
+                                                      " visible GPU(s); each rank needs its own GPU: start at most ",
+                                                      device_count, " ranks per node, or use parallel.device CPU"));
   }
   return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(local_rank));
 }

@@ -66,8 +66,8 @@ at::Tensor ExchangeRows(const at::Tensor& x_ND, const std::vector<int64_t>& send
                         const std::vector<int64_t>& recv_rows_P, std::shared_ptr<Communicator> comm,
                         const std::string& what, std::function<void(double)> add_seconds) {
   const int64_t out_rows = std::accumulate(recv_rows_P.begin(), recv_rows_P.end(), int64_t{0});
-  return ExchangeBlocks(x_ND, ContiguousBlocks(send_rows_P), ContiguousBlocks(recv_rows_P), out_rows,
-                        std::move(comm), what, std::move(add_seconds));
+  return ExchangeBlocks(x_ND, ContiguousBlocks(send_rows_P), ContiguousBlocks(recv_rows_P), out_rows, std::move(comm),
+                        what, std::move(add_seconds));
 }
 
 AllToAllDispatcher::AllToAllDispatcher(std::shared_ptr<Communicator> ep, int64_t num_experts, int64_t layer)
@@ -77,9 +77,7 @@ AllToAllDispatcher::AllToAllDispatcher(std::shared_ptr<Communicator> ep, int64_t
   num_local_ = num_experts_ / ep_->size();
 }
 
-std::string AllToAllDispatcher::Label(const char* phase) const {
-  return absl::StrCat(phase, " in layer ", layer_);
-}
+std::string AllToAllDispatcher::Label(const char* phase) const { return absl::StrCat(phase, " in layer ", layer_); }
 
 std::function<void(double)> AllToAllDispatcher::Timer() {
   std::weak_ptr<AllToAllDispatcher> self = weak_from_this();

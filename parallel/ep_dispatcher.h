@@ -61,8 +61,8 @@ class AllToAllDispatcher : public TokenDispatcher, public std::enable_shared_fro
 
   // State of the last dispatch(), used by combine().
   BlocksPerPeer send_P_, recv_P_;  // blocks of x_SD sent to each peer / of the local rows received from it
-  int64_t slots_ = 0;               // x_SD's rows
-  at::Tensor dispatched_;  // dispatch()'s output while it needs a gradient (see combine())
+  int64_t slots_ = 0;              // x_SD's rows
+  at::Tensor dispatched_;          // dispatch()'s output while it needs a gradient (see combine())
 };
 
 }  // namespace hybridmoe

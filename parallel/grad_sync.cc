@@ -1,6 +1,5 @@
 #include "parallel/grad_sync.h"
 
-
 #include <ATen/core/grad_mode.h>
 
 #include "models/transformer.h"
@@ -34,8 +33,8 @@ void ReduceBucket(const std::vector<at::Tensor>& bucket, Communicator& comm, dou
 
 }  // namespace
 
-void AllReduceGradients(const std::vector<at::Tensor>& params, Communicator& comm, double scale,
-                        std::string_view what, int64_t bucket_bytes) {
+void AllReduceGradients(const std::vector<at::Tensor>& params, Communicator& comm, double scale, std::string_view what,
+                        int64_t bucket_bytes) {
   at::NoGradGuard no_grad;
   std::vector<at::Tensor> bucket;
   int64_t bytes = 0;

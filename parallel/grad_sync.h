@@ -21,8 +21,8 @@ namespace hybridmoe {
 constexpr int64_t kDefaultBucketBytes = int64_t{32} << 20;
 
 // grad <- scale * sum over `comm` of grad, for every tensor in `params`.
-void AllReduceGradients(const std::vector<at::Tensor>& params, Communicator& comm, double scale,
-                        std::string_view what, int64_t bucket_bytes = kDefaultBucketBytes);
+void AllReduceGradients(const std::vector<at::Tensor>& params, Communicator& comm, double scale, std::string_view what,
+                        int64_t bucket_bytes = kDefaultBucketBytes);
 
 struct ParameterSets {
   std::vector<at::Tensor> replicated;  // everything but the experts (routers included)

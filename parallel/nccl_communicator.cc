@@ -43,7 +43,7 @@ void Pause(Clock::time_point start) {
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<NcclCommunicator>> NcclCommunicator::Create(std::shared_ptr<MpiCommunicator> mpi,
-                                                                             int device) {
+                                                                           int device) {
   std::shared_ptr<NcclCommunicator> c(new NcclCommunicator(std::move(mpi), device));
   c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
   ncclUniqueId id;
@@ -84,8 +84,8 @@ void NcclCommunicator::Abort(std::string_view what, const std::string& problem) 
 }
 
 void NcclCommunicator::CheckDevice(const at::Tensor& t, std::string_view what) const {
-  TORCH_CHECK(t.get_device() == device_, what, ": tensor on ", t.device(), " but this rank's NCCL communicator is on cuda:",
-              device_);
+  TORCH_CHECK(t.get_device() == device_, what, ": tensor on ", t.device(),
+              " but this rank's NCCL communicator is on cuda:", device_);
 }
 
 void NcclCommunicator::Check(ncclResult_t result, std::string_view what) {

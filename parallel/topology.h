@@ -42,7 +42,6 @@ int LaunchRank();
 // After MPI_Init: the launcher's task count must equal MPI's world size.
 absl::Status CheckWorldSize(const LaunchInfo& launch, int mpi_world_size);
 
-
 struct RankPlace {
   int node = 0;  // any id shared exactly by the ranks of one node (e.g. the node's lowest world rank)
   int local_rank = 0;

@@ -89,7 +89,7 @@ absl::Status Run(const Options& o, TrainConfig config) {
   report["expert_parallel_size"] = ctx.ep_size();
   report["threads_per_rank"] = threads;
   report["cpus_allowed_per_rank"] = -ctx.MaxOverRanks(-CpusAllowed());  // the smallest affinity mask
-  report["malloc_keep_freed"] = o.keep_freed_memory;  // both sides: core/host.h
+  report["malloc_keep_freed"] = o.keep_freed_memory;                    // both sides: core/host.h
   report["tokens_per_step"] = tokens_per_step;
   report["flops_per_token_train"] = flops.per_token_train;
   report["flops_per_token_train_causal"] = flops.per_token_train_causal;
@@ -325,8 +325,8 @@ int main(int argc, char** argv) {
       {"help", "show this help", true},
   };
   int exit_code = 0;
-  auto cl = CommandLine::ParseOrExit(argc, argv, "bench", "Measures training throughput, MFU and ratios.", specs,
-                                     &exit_code);
+  auto cl =
+      CommandLine::ParseOrExit(argc, argv, "bench", "Measures training throughput, MFU and ratios.", specs, &exit_code);
   if (!cl) return exit_code;
   Options o;
   o.keep_freed_memory = keep_freed_memory;

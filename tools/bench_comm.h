@@ -29,8 +29,8 @@ struct AllToAllBench {
   int64_t bytes_per_exchange = 0;  // this rank's send buffer
   Summary raw_bytes_per_s, exchange_bytes_per_s, dispatcher_bytes_per_s;
   Summary exchange_over_raw, dispatcher_over_raw;  // per-round ratios of bytes/s (1 = as fast as raw)
-  Summary raw_alloc_over_raw;  // raw into a freshly allocated output each call
-  Summary counts_exchange_s;   // one AllToAllCounts of the expert counts (dispatch's first step)
+  Summary raw_alloc_over_raw;                      // raw into a freshly allocated output each call
+  Summary counts_exchange_s;                       // one AllToAllCounts of the expert counts (dispatch's first step)
   int64_t receive_pool_bytes = 0;  // the EP group's reused receive buffers after the measurements (this rank)
 };
 

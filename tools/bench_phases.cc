@@ -26,10 +26,10 @@ struct Named {
   Phase phase;
 };
 constexpr Named kNamed[] = {
-    {trace::kForward, Region::kForward, Phase::kOther},       {trace::kBackward, Region::kBackward, Phase::kOther},
-    {trace::kGradSync, Region::kUpdate, Phase::kOptimizer},   {trace::kClip, Region::kUpdate, Phase::kOptimizer},
-    {trace::kOptimizer, Region::kUpdate, Phase::kOptimizer},  {trace::kAttention, Region::kNone, Phase::kAttention},
-    {trace::kDenseFfn, Region::kNone, Phase::kDenseFfn},      {trace::kRouter, Region::kNone, Phase::kRouter},
+    {trace::kForward, Region::kForward, Phase::kOther},        {trace::kBackward, Region::kBackward, Phase::kOther},
+    {trace::kGradSync, Region::kUpdate, Phase::kOptimizer},    {trace::kClip, Region::kUpdate, Phase::kOptimizer},
+    {trace::kOptimizer, Region::kUpdate, Phase::kOptimizer},   {trace::kAttention, Region::kNone, Phase::kAttention},
+    {trace::kDenseFfn, Region::kNone, Phase::kDenseFfn},       {trace::kRouter, Region::kNone, Phase::kRouter},
     {trace::kPermutation, Region::kNone, Phase::kPermutation}, {trace::kAllToAll, Region::kNone, Phase::kAllToAll},
     {trace::kExperts, Region::kNone, Phase::kExperts},
 };
@@ -116,24 +116,15 @@ void OnEnd(const at::RecordFunction& fn, at::ObserverContext*) {
 
 const char* PhaseName(Phase p) {
   switch (p) {
-    case Phase::kAttention:
-      return "attention";
-    case Phase::kRouter:
-      return "router";
-    case Phase::kPermutation:
-      return "permutation";
-    case Phase::kExperts:
-      return "experts";
-    case Phase::kAllToAll:
-      return "all_to_all";
-    case Phase::kDenseFfn:
-      return "dense_ffn";
-    case Phase::kOptimizer:
-      return "optimizer";
-    case Phase::kOther:
-      return "other";
-    case Phase::kCount:
-      break;
+    case Phase::kAttention: return "attention";
+    case Phase::kRouter: return "router";
+    case Phase::kPermutation: return "permutation";
+    case Phase::kExperts: return "experts";
+    case Phase::kAllToAll: return "all_to_all";
+    case Phase::kDenseFfn: return "dense_ffn";
+    case Phase::kOptimizer: return "optimizer";
+    case Phase::kOther: return "other";
+    case Phase::kCount: break;
   }
   return "?";
 }

@@ -70,10 +70,14 @@ absl::StatusOr<RunMetrics> ReadRunMetrics(const std::string& path) {
       continue;
     }
     const std::string kind = rec->str.count("kind") ? rec->str.at("kind") : "";
-    if (kind == "train") run.train.push_back(std::move(*rec));
-    else if (kind == "eval") run.eval.push_back(std::move(*rec));
-    else if (kind == "skip") run.skip.push_back(std::move(*rec));
-    else if (kind == "abort") run.abort.push_back(std::move(*rec));
+    if (kind == "train")
+      run.train.push_back(std::move(*rec));
+    else if (kind == "eval")
+      run.eval.push_back(std::move(*rec));
+    else if (kind == "skip")
+      run.skip.push_back(std::move(*rec));
+    else if (kind == "abort")
+      run.abort.push_back(std::move(*rec));
   }
   return run;
 }
@@ -153,8 +157,8 @@ VariantSummary Summarize(const RunMetrics& m, const SummaryOptions& options) {
     s.diverged_reason = absl::StrCat("loss not finite at the last logged step ", s.last_step);
   } else if (m.train.size() > 1 && m.train.back().Get("loss") > m.train.front().Get("loss")) {
     s.diverged = true;
-    s.diverged_reason = absl::StrCat("loss at step ", s.last_step, " is above the loss at step ",
-                                     m.train.front().Step());
+    s.diverged_reason =
+        absl::StrCat("loss at step ", s.last_step, " is above the loss at step ", m.train.front().Step());
   }
   return s;
 }
@@ -194,10 +198,9 @@ DataOrderCheck CompareDataOrder(const std::vector<std::string>& names, const std
     }
   }
   if (check.identical) {
-    check.detail = check.steps_compared == 0
-                       ? "no step was logged with a data_hash by two or more variants"
-                       : absl::StrCat("identical data_hash at all ", check.steps_compared,
-                                      " logged steps shared by two or more variants");
+    check.detail = check.steps_compared == 0 ? "no step was logged with a data_hash by two or more variants"
+                                             : absl::StrCat("identical data_hash at all ", check.steps_compared,
+                                                            " logged steps shared by two or more variants");
   }
   return check;
 }

@@ -3,7 +3,8 @@
 //
 // metrics.jsonl holds one flat JSON object per line (tools/trainer.h): numbers, strings, booleans and
 // null (the trainer writes non-finite numbers as null; they read back here as NaN), parsed by nlohmann-json
-// (strings are UTF-8, \u escapes included). Lines cut short by a kill are ignored and counted. Records are grouped by their "kind": train, eval, skip, abort.
+// (strings are UTF-8, \u escapes included). Lines cut short by a kill are ignored and counted. Records are grouped by
+// their "kind": train, eval, skip, abort.
 //
 // Definitions used by the comparison report (docs/compare_norms.md repeats them):
 //   final train loss  mean of `loss` over the last `final_window` train records with a finite loss
@@ -63,11 +64,11 @@ struct VariantSummary {
   double tokens = 0;            // tokens seen at last_step
   int64_t skipped_steps = 0;
   int64_t loss_spikes = 0;
-  double max_grad_norm = 0;     // over finite logged values
+  double max_grad_norm = 0;  // over finite logged values
   bool diverged = false;
   std::string diverged_reason;  // empty unless diverged
   double final_entropy = 0, final_max_over_mean = 0, mean_max_over_mean = 0;
-  int64_t dead_experts = 0;     // router/dead_experts of the last train record
+  int64_t dead_experts = 0;  // router/dead_experts of the last train record
 };
 
 VariantSummary Summarize(const RunMetrics& metrics, const SummaryOptions& options);

@@ -26,8 +26,8 @@
 #include "core/config.h"
 #include "core/metrics.h"
 #include "core/status.h"
-#include "tools/cli.h"
 #include "parallel/topology.h"
+#include "tools/cli.h"
 #include "tools/compare_metrics.h"
 #include "tools/compare_report.h"
 #include "tools/sweep_io.h"
@@ -85,8 +85,8 @@ absl::Status CheckSameConfig(const std::string& path, const TrainConfig& expecte
       !stored.ok() ? std::string(stored.status().message())
                    : absl::StrCat("line ", i + 1, ": run has '", i < a.size() ? absl::StripAsciiWhitespace(a[i]) : "",
                                   "', sweep has '", i < b.size() ? absl::StripAsciiWhitespace(b[i]) : "", "'");
-  return absl::FailedPreconditionError(absl::StrCat(path, " differs from this sweep's config for ", name, " (",
-                                                    detail, "); resume with the original --config/--override or "
+  return absl::FailedPreconditionError(absl::StrCat(path, " differs from this sweep's config for ", name, " (", detail,
+                                                    "); resume with the original --config/--override or "
                                                     "choose another --out"));
 }
 
@@ -212,9 +212,8 @@ absl::Status WriteReport(const Flags& f, const std::vector<TrainConfig>& configs
   ASSIGN_OR_RETURN(const std::string commands, ReadFileIfExists(f.out + "/sweep_commands.txt"));
   report.setup = {
       {"report written by", f.cmdline},
-      {"variants trained by", commands.empty()
-                                  ? "unknown"
-                                  : absl::StrJoin(absl::StrSplit(commands, '\n', absl::SkipEmpty()), " ; then ")},
+      {"variants trained by",
+       commands.empty() ? "unknown" : absl::StrJoin(absl::StrSplit(commands, '\n', absl::SkipEmpty()), " ; then ")},
       {"base config", f.config},
       {"overrides (all variants)", f.overrides.empty() ? "none" : absl::StrJoin(f.overrides, " ; ")},
       {"launcher", f.launcher.empty() ? "none (one process per variant)" : absl::StrJoin(f.launcher, " ")},
@@ -240,9 +239,12 @@ absl::Status WriteReport(const Flags& f, const std::vector<TrainConfig>& configs
     v.message = st.message;
     auto metrics = ReadRunMetrics(dir + "/metrics.jsonl");
     if (metrics.ok()) v.metrics = std::move(*metrics);
-    if (st.status == "diverged" || st.status == "failed") v.status = st.status;
-    else if (HasFinalCheckpoint(dir, c.train().steps()) && metrics.ok()) v.status = "complete";
-    else v.status = metrics.ok() ? "incomplete" : "not run";
+    if (st.status == "diverged" || st.status == "failed")
+      v.status = st.status;
+    else if (HasFinalCheckpoint(dir, c.train().steps()) && metrics.ok())
+      v.status = "complete";
+    else
+      v.status = metrics.ok() ? "incomplete" : "not run";
     runs.push_back(&v.metrics);
     names.push_back(v.strategy);
   }
@@ -270,8 +272,8 @@ absl::Status WriteReport(const Flags& f, const std::vector<TrainConfig>& configs
     for (absl::string_view s : absl::StrSplit(f.grad_steps_text, ',', absl::SkipEmpty())) {
       int64_t step = 0;
       if (!absl::SimpleAtoi(s, &step) || step < 1) {
-        return absl::InvalidArgumentError(absl::StrCat("--grad_steps (", f.grad_steps_text,
-                                                       ") must be comma-separated positive step numbers"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("--grad_steps (", f.grad_steps_text, ") must be comma-separated positive step numbers"));
       }
       report.grad_steps.push_back(step);
     }
@@ -314,7 +316,8 @@ int main(int argc, char** argv) {
   using namespace hybridmoe;
   const std::vector<FlagSpec> specs = {
       {"config", "base text-format TrainConfig (required)"},
-      {"strategies", "comma-separated norm strategies (default PRE_NORM,POST_NORM,HYBRID_NORM,HYBRID_NORM_STAR,MIX_LN)"},
+      {"strategies",
+       "comma-separated norm strategies (default PRE_NORM,POST_NORM,HYBRID_NORM,HYBRID_NORM_STAR,MIX_LN)"},
       {"out", "sweep directory (default runs/compare_<config name>)"},
       {"override", "text-format TrainConfig merged into every variant (repeatable)", false, true},
       {"launcher", "command prefix for each variant, e.g. 'mpirun -np 2' (split on spaces)"},
@@ -362,13 +365,14 @@ int main(int argc, char** argv) {
   auto window = cl->GetInt("final_window", 5);
   if (!window.ok() || *window < 1) return fail("--final_window must be a positive integer", 2);
   f.final_window = static_cast<int>(*window);
-  for (absl::string_view s : absl::StrSplit(cl->Get("strategies", "PRE_NORM,POST_NORM,HYBRID_NORM,HYBRID_NORM_STAR,MIX_LN"),
-                                            ',', absl::SkipEmpty())) {
+  for (absl::string_view s : absl::StrSplit(
+           cl->Get("strategies", "PRE_NORM,POST_NORM,HYBRID_NORM,HYBRID_NORM_STAR,MIX_LN"), ',', absl::SkipEmpty())) {
     NormConfig::Strategy parsed;
     if (!NormConfig::Strategy_Parse(std::string(s), &parsed)) {
       std::vector<std::string> valid;
       for (int v = NormConfig::Strategy_MIN; v <= NormConfig::Strategy_MAX; ++v) {
-        if (NormConfig::Strategy_IsValid(v)) valid.push_back(NormConfig::Strategy_Name(static_cast<NormConfig::Strategy>(v)));
+        if (NormConfig::Strategy_IsValid(v))
+          valid.push_back(NormConfig::Strategy_Name(static_cast<NormConfig::Strategy>(v)));
       }
       return fail(absl::StrCat("--strategies: unknown strategy '", s, "'; valid: ", absl::StrJoin(valid, ",")), 2);
     }
@@ -396,7 +400,8 @@ int main(int argc, char** argv) {
     configs.push_back(*config);
   }
   if (!f.report_only && !Exists(f.train_bin)) {
-    return fail(absl::StrCat("--train_bin (", f.train_bin, ") does not exist; build //tools:train or pass --train_bin"), 1);
+    return fail(absl::StrCat("--train_bin (", f.train_bin, ") does not exist; build //tools:train or pass --train_bin"),
+                1);
   }
   if (absl::Status s = MakeDirs(f.out); !s.ok()) return fail(std::string(s.message()), 1);
   InstallSignalForwarding();

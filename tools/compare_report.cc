@@ -22,9 +22,12 @@ std::string CsvText(const std::string& s) {
   if (s.find_first_of(",\"\n") == std::string::npos) return s;
   std::string out = "\"";
   for (char c : s) {
-    if (c == '"') out += "\"\"";
-    else if (c == '\n') out += ' ';
-    else out.push_back(c);
+    if (c == '"')
+      out += "\"\"";
+    else if (c == '\n')
+      out += ' ';
+    else
+      out.push_back(c);
   }
   return out + "\"";
 }
@@ -32,9 +35,12 @@ std::string CsvText(const std::string& s) {
 std::string MdText(const std::string& s) {
   std::string out;
   for (char c : s) {
-    if (c == '|') out += "\\|";
-    else if (c == '\n') out += ' ';
-    else out.push_back(c);
+    if (c == '|')
+      out += "\\|";
+    else if (c == '\n')
+      out += ' ';
+    else
+      out.push_back(c);
   }
   return out;
 }
@@ -71,9 +77,17 @@ std::string Html(const Table& t) {
 
 Table SummaryTable(const SweepReport& r) {
   Table t;
-  t.header = {"strategy", "status", absl::StrCat("final train loss (mean of last ", r.summary_options.final_window, ")"),
-              "best val loss (step)", "final val loss", absl::StrCat("tokens to loss ", Fixed(r.summary_options.target_loss)),
-              "skipped steps", "loss spikes", "max grad norm", "diverged", "wall time"};
+  t.header = {"strategy",
+              "status",
+              absl::StrCat("final train loss (mean of last ", r.summary_options.final_window, ")"),
+              "best val loss (step)",
+              "final val loss",
+              absl::StrCat("tokens to loss ", Fixed(r.summary_options.target_loss)),
+              "skipped steps",
+              "loss spikes",
+              "max grad norm",
+              "diverged",
+              "wall time"};
   for (const VariantResult& v : r.variants) {
     const VariantSummary& s = v.summary;
     t.rows.push_back({v.strategy, v.status, Fixed(s.final_train_loss),
@@ -183,8 +197,10 @@ std::string ReportMarkdown(const SweepReport& r) {
   absl::StrAppend(&md, "## Results\n\n", Markdown(SummaryTable(r)), "\n");
   absl::StrAppend(&md, "Final train loss: mean of the last ", r.summary_options.final_window,
                   " logged train losses. Loss spikes: logged steps whose loss exceeds ", r.summary_options.spike_ratio,
-                  " x the mean of the ", r.summary_options.final_window, " logged losses before them. Tokens to target: tokens at "
-                  "the first logged step where the mean of the last ", r.summary_options.final_window,
+                  " x the mean of the ", r.summary_options.final_window,
+                  " logged losses before them. Tokens to target: tokens at "
+                  "the first logged step where the mean of the last ",
+                  r.summary_options.final_window,
                   " logged losses is <= the target. Diverged: the trainer stopped on consecutive non-finite "
                   "steps, or the last logged loss is non-finite or above the first. Curves and charts: report.html; "
                   "raw numbers: summary.csv, curves.csv, grad_norms.csv.\n\n");
@@ -198,8 +214,9 @@ std::string ReportMarkdown(const SweepReport& r) {
                   "L2 norm of the gradient of each block's expert (or dense FFN) weights before clipping, at the "
                   "chosen steps.\n\n");
   for (int64_t step : r.grad_steps) absl::StrAppend(&md, "Step ", step, ":\n\n", Markdown(GradTable(r, step)), "\n");
-  absl::StrAppend(&md, "## Router balance\n\n", "Entropy of the router softmax, mean over tokens and layers (balanced: ln ",
-                  r.num_experts, " = ", Fixed(std::log(static_cast<double>(std::max<int64_t>(r.num_experts, 1))), 3),
+  absl::StrAppend(&md, "## Router balance\n\n",
+                  "Entropy of the router softmax, mean over tokens and layers (balanced: ln ", r.num_experts, " = ",
+                  Fixed(std::log(static_cast<double>(std::max<int64_t>(r.num_experts, 1))), 3),
                   "); max/mean load: the most loaded expert's assignments over the mean, worst layer.\n\n",
                   Markdown(RouterTable(r)));
   return md;
@@ -217,8 +234,9 @@ std::string ReportHtml(const SweepReport& r) {
     absl::StrAppend(&h, "<li>unigram entropy of the training data: ", Fixed(r.unigram_entropy),
                     " nats (the loss of a model that learned the token frequencies only)</li>\n");
   }
-  absl::StrAppend(&h, "<li>data order: ", XmlEscape(DataOrderLine(r)), "</li>\n<li>target loss: ",
-                  Fixed(r.summary_options.target_loss), " (", XmlEscape(r.target_rule), ")</li>\n</ul>\n");
+  absl::StrAppend(&h, "<li>data order: ", XmlEscape(DataOrderLine(r)),
+                  "</li>\n<li>target loss: ", Fixed(r.summary_options.target_loss), " (", XmlEscape(r.target_rule),
+                  ")</li>\n</ul>\n");
   absl::StrAppend(&h, "<h2>Results</h2>\n", Html(SummaryTable(r)));
   const std::vector<std::string> notes = Notes(r);
   if (!notes.empty()) {
@@ -228,7 +246,8 @@ std::string ReportHtml(const SweepReport& r) {
   }
 
   double max_tokens = 0;
-  for (const VariantResult& v : r.variants) max_tokens = std::max(max_tokens, Finite(v.summary.tokens) ? v.summary.tokens : 0);
+  for (const VariantResult& v : r.variants)
+    max_tokens = std::max(max_tokens, Finite(v.summary.tokens) ? v.summary.tokens : 0);
   std::vector<ChartSeries> loss, late, val, gnorm, entropy, mom;
   for (const VariantResult& v : r.variants) {
     loss.push_back(Series(v, v.metrics.train, "tokens", "loss"));
@@ -293,8 +312,8 @@ std::string SummaryCsv(const SweepReport& r) {
       "router_entropy_final,router_max_over_mean_final,router_max_over_mean_mean,dead_experts_final,wall_s\n";
   for (const VariantResult& v : r.variants) {
     const VariantSummary& s = v.summary;
-    absl::StrAppend(&csv, CsvText(v.strategy), ",", v.status, ",", CsvNum(s.final_train_loss), ",",
-                    s.final_window_used, ",", CsvNum(s.best_val_loss), ",", Finite(s.best_val_loss) ? absl::StrCat(s.best_val_step) : "",
+    absl::StrAppend(&csv, CsvText(v.strategy), ",", v.status, ",", CsvNum(s.final_train_loss), ",", s.final_window_used,
+                    ",", CsvNum(s.best_val_loss), ",", Finite(s.best_val_loss) ? absl::StrCat(s.best_val_step) : "",
                     ",", CsvNum(s.final_val_loss), ",", CsvNum(r.summary_options.target_loss), ",",
                     CsvNum(s.tokens_to_target), ",", s.last_step, ",", CsvNum(s.tokens), ",", s.skipped_steps, ",",
                     s.loss_spikes, ",", CsvNum(s.max_grad_norm), ",", s.diverged ? 1 : 0, ",",
@@ -305,8 +324,9 @@ std::string SummaryCsv(const SweepReport& r) {
 }
 
 std::string CurvesCsv(const SweepReport& r) {
-  std::string csv = "strategy,step,tokens,loss,lm_loss,lb_loss,z_loss,grad_norm,lr,skipped_steps,val_loss,"
-                    "router_entropy_mean,router_max_over_mean,router_cv_mean,router_dead_experts,data_hash\n";
+  std::string csv =
+      "strategy,step,tokens,loss,lm_loss,lb_loss,z_loss,grad_norm,lr,skipped_steps,val_loss,"
+      "router_entropy_mean,router_max_over_mean,router_cv_mean,router_dead_experts,data_hash\n";
   for (const VariantResult& v : r.variants) {
     std::map<int64_t, double> val;
     for (const MetricsRecord& e : v.metrics.eval) val[e.Step()] = e.Get("val_loss");
@@ -323,7 +343,8 @@ std::string CurvesCsv(const SweepReport& r) {
                       h == t.str.end() ? "" : h->second, "\n");
     }
     for (const auto& [step, loss] : val) {  // evaluations at steps that were not logged as train records
-      if (!done.count(step)) absl::StrAppend(&csv, CsvText(v.strategy), ",", step, ",,,,,,,,,", CsvNum(loss), ",,,,,\n");
+      if (!done.count(step))
+        absl::StrAppend(&csv, CsvText(v.strategy), ",", step, ",,,,,,,,,", CsvNum(loss), ",,,,,\n");
     }
   }
   return csv;
@@ -337,9 +358,8 @@ std::string GradNormsCsv(const SweepReport& r) {
       const std::vector<double> ffn = BlockGradNorms(v.metrics, step, "ffn");
       const std::vector<double> router = BlockGradNorms(v.metrics, step, "router");
       for (size_t b = 0; b < std::max(attn.size(), ffn.size()); ++b) {
-        absl::StrAppend(&csv, CsvText(v.strategy), ",", step, ",", b, ",", b < attn.size() ? CsvNum(attn[b]) : "",
-                        ",", b < ffn.size() ? CsvNum(ffn[b]) : "", ",", b < router.size() ? CsvNum(router[b]) : "",
-                        "\n");
+        absl::StrAppend(&csv, CsvText(v.strategy), ",", step, ",", b, ",", b < attn.size() ? CsvNum(attn[b]) : "", ",",
+                        b < ffn.size() ? CsvNum(ffn[b]) : "", ",", b < router.size() ? CsvNum(router[b]) : "", "\n");
       }
     }
   }

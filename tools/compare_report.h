@@ -38,7 +38,7 @@ struct SweepReport {
   SummaryOptions summary_options;  // target_loss included
   std::string target_rule;         // how target_loss was chosen
   std::vector<int64_t> grad_steps;
-  int64_t num_experts = 0;         // for the balanced-routing entropy reference ln(E)
+  int64_t num_experts = 0;  // for the balanced-routing entropy reference ln(E)
   // Unigram entropy of the training tokens (nats), when the data's manifest states it: the loss of a model
   // that learned the token frequencies only. NaN = unknown (no column).
   double unigram_entropy = std::numeric_limits<double>::quiet_NaN();

@@ -118,8 +118,8 @@ int main(int argc, char** argv) {
       {"help", "show this help", true},
   };
   int exit_code = 0;
-  auto cl = CommandLine::ParseOrExit(argc, argv, "eval", "Evaluates a model directory on a token file.", specs,
-                                     &exit_code);
+  auto cl =
+      CommandLine::ParseOrExit(argc, argv, "eval", "Evaluates a model directory on a token file.", specs, &exit_code);
   if (!cl) return exit_code;
   if (!cl->Has("checkpoint") || !cl->Has("data")) {
     std::fprintf(stderr, "eval: --checkpoint=DIR and --data=TOKENS are required\n");

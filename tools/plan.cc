@@ -55,8 +55,8 @@ std::string FormatText(const std::string& path, const TrainConfig& c, const Mode
     if (count.total == 0) continue;
     absl::StrAppend(&out, absl::StrFormat("%-14s %17s %17s\n", name, Thousands(count.total), Thousands(count.active)));
   }
-  absl::StrAppend(&out, absl::StrFormat("%-14s %17s %17s\n", "total", Thousands(a.total_params),
-                                        Thousands(a.active_params)));
+  absl::StrAppend(&out,
+                  absl::StrFormat("%-14s %17s %17s\n", "total", Thousands(a.total_params), Thousands(a.active_params)));
   absl::StrAppend(&out, absl::StrFormat("%-14s %17s %17s\n\n", "", Human(a.total_params, "", 1000),
                                         Human(a.active_params, "", 1000)));
 
@@ -164,8 +164,7 @@ int main(int argc, char** argv) {
     return fail(absl::StrCat(path, ": ", s.message()));
   }
   const ModelAccount account = AccountModel(*config, static_cast<int>(*world_size));
-  const std::string text =
-      format == "json" ? FormatJson(path, *config, account) : FormatText(path, *config, account);
+  const std::string text = format == "json" ? FormatJson(path, *config, account) : FormatText(path, *config, account);
   std::fputs(text.c_str(), stdout);
   return 0;
 }

@@ -57,9 +57,9 @@ std::map<int, std::pair<const RouterStepRecord*, const RouterStepRecord*>> Ends(
 std::string FormatTable(const std::string& source, const std::vector<RouterStepRecord>& records,
                         const std::vector<RouterAlert>& alerts, const AlertThresholds& t) {
   const RouterStepRecord& any = records.back();
-  std::string out = absl::StrFormat("%s: %d records, steps %d to %d, %d experts, top-%d, expert-parallel %d\n",
-                                    source, records.size(), records.front().step(), records.back().step(),
-                                    any.num_experts(), any.top_k(), any.ep_size());
+  std::string out = absl::StrFormat("%s: %d records, steps %d to %d, %d experts, top-%d, expert-parallel %d\n", source,
+                                    records.size(), records.front().step(), records.back().step(), any.num_experts(),
+                                    any.top_k(), any.ep_size());
   absl::StrAppendFormat(&out, "%5s %6s %8s %17s %6s %8s %15s %6s %4s %14s %8s %8s\n", "layer", "step", "max/mean",
                         "trend (max/mean)", "cv", "min/mean", "entropy/lnE", "top1", "dead", "hottest(share)",
                         "dropped", "lb_loss");
@@ -88,9 +88,10 @@ std::string FormatCsv(const std::vector<RouterStepRecord>& records) {
     E = std::max(E, r.counts_size());
     R = std::max(R, r.tokens_received_per_rank_size());
   }
-  std::string out = "step,layer,num_experts,top_k,tokens,forwards,lb_loss,z_loss,mean_load,max_load,min_load,"
-                    "max_over_mean,cv,dead_experts,entropy_mean,entropy_ratio,top1_mean,dropped,hottest_expert,"
-                    "hottest_share,all_to_all_seconds";
+  std::string out =
+      "step,layer,num_experts,top_k,tokens,forwards,lb_loss,z_loss,mean_load,max_load,min_load,"
+      "max_over_mean,cv,dead_experts,entropy_mean,entropy_ratio,top1_mean,dropped,hottest_expert,"
+      "hottest_share,all_to_all_seconds";
   for (int e = 0; e < E; ++e) absl::StrAppend(&out, ",count_", e);
   for (int i = 0; i < R; ++i) absl::StrAppend(&out, ",received_rank_", i);
   out += "\n";
@@ -215,8 +216,7 @@ absl::Status ParseSteps(const std::string& spec, Selection* sel) {
 absl::Status ParseDouble(const CommandLine& cl, const std::string& name, double* value) {
   if (!cl.Has(name)) return absl::OkStatus();
   if (!absl::SimpleAtod(cl.Get(name), value) || !std::isfinite(*value) || *value < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--", name, " (", cl.Get(name), ") must be a non-negative number"));
+    return absl::InvalidArgumentError(absl::StrCat("--", name, " (", cl.Get(name), ") must be a non-negative number"));
   }
   return absl::OkStatus();
 }
@@ -243,7 +243,8 @@ int main(int argc, char** argv) {
   };
   int exit_code = 0;
   auto cl = CommandLine::ParseOrExit(argc, argv, "router_stats",
-                                     "router_stats RUN_DIR: summarises a run's router load-balance statistics.", specs, &exit_code);
+                                     "router_stats RUN_DIR: summarises a run's router load-balance statistics.", specs,
+                                     &exit_code);
   if (!cl) return exit_code;
   if (cl->positional().size() != 1) {
     return fail("expected exactly one RUN_DIR (or router_stats.pb file); see --help", 2);

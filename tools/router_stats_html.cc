@@ -40,10 +40,10 @@ double EntropyRatio(const RouterStepRecord& r) {
 }
 
 struct Layout {
-  std::vector<int> layers;                 // distinct layer ids, ascending
-  std::vector<int64_t> steps;              // distinct steps, ascending
+  std::vector<int> layers;                                        // distinct layer ids, ascending
+  std::vector<int64_t> steps;                                     // distinct steps, ascending
   std::map<std::pair<int64_t, int>, const RouterStepRecord*> at;  // (step, layer) -> record
-  int experts = 0;                         // max E over records
+  int experts = 0;                                                // max E over records
 };
 
 // The heat map: rect ids h<row>_<expert>, coloured for `step`.
@@ -60,8 +60,8 @@ std::string HeatMap(const Layout& lay, int64_t step) {
   }
   for (int row = 0; row < L; ++row) {
     const int layer = lay.layers[row];
-    absl::StrAppendFormat(&s, "<text x=\"%d\" y=\"%d\" class=\"tick\" text-anchor=\"end\">layer %d</text>\n",
-                          left - 6, top + row * ch + ch / 2 + 4, layer);
+    absl::StrAppendFormat(&s, "<text x=\"%d\" y=\"%d\" class=\"tick\" text-anchor=\"end\">layer %d</text>\n", left - 6,
+                          top + row * ch + ch / 2 + 4, layer);
     auto it = lay.at.find({step, layer});
     for (int e = 0; e < E; ++e) {
       std::string fill = "#dddddd", tip = absl::StrFormat("layer %d, expert %d: no record", layer, e);
@@ -78,11 +78,10 @@ std::string HeatMap(const Layout& lay, int64_t step) {
   }
   // Legend: no tokens, then ratios 1/4 .. 4 on the log scale.
   const int ly = top + L * ch + 20;
-  absl::StrAppendFormat(&s, "<text x=\"%d\" y=\"%d\" class=\"tick\" text-anchor=\"end\">load / mean</text>\n",
-                        left - 6, ly + 13);
-  const std::vector<std::pair<double, const char*>> keys = {{0, "0"},      {0.25, "1/4"}, {0.5, "1/2"},
-                                                            {0.71, ""},    {1, "1"},      {1.41, ""},
-                                                            {2, "2"},      {4, "4+"}};
+  absl::StrAppendFormat(&s, "<text x=\"%d\" y=\"%d\" class=\"tick\" text-anchor=\"end\">load / mean</text>\n", left - 6,
+                        ly + 13);
+  const std::vector<std::pair<double, const char*>> keys = {{0, "0"}, {0.25, "1/4"}, {0.5, "1/2"}, {0.71, ""},
+                                                            {1, "1"}, {1.41, ""},    {2, "2"},     {4, "4+"}};
   for (size_t i = 0; i < keys.size(); ++i) {
     const int x = left + static_cast<int>(i) * 34 + (i > 0 ? 10 : 0);
     absl::StrAppendFormat(&s,
@@ -105,8 +104,10 @@ std::string LineChart(const Layout& lay, const std::vector<RouterStepRecord>& re
   auto Y = [&](double v) { return top + (1 - (std::clamp(v, y_min, y_max) - y_min) / (y_max - y_min)) * plot_h; };
   std::string s = absl::StrFormat("<svg id=\"%s\" width=\"%d\" height=\"%d\" role=\"img\">\n", id,
                                   left + plot_w + right, top + plot_h + bottom);
-  absl::StrAppendFormat(&s, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"#fafafa\" stroke=\"#888888\">"
-                            "</rect>\n", left, top, plot_w, plot_h);
+  absl::StrAppendFormat(&s,
+                        "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"#fafafa\" stroke=\"#888888\">"
+                        "</rect>\n",
+                        left, top, plot_w, plot_h);
   for (int i = 0; i <= 4; ++i) {
     const double v = y_min + (y_max - y_min) * i / 4.0;
     absl::StrAppendFormat(&s, "<line x1=\"%d\" x2=\"%d\" y1=\"%.1f\" y2=\"%.1f\" stroke=\"#e0e0e0\"></line>\n", left,
@@ -114,14 +115,16 @@ std::string LineChart(const Layout& lay, const std::vector<RouterStepRecord>& re
     absl::StrAppendFormat(&s, "<text x=\"%d\" y=\"%.1f\" class=\"tick\" text-anchor=\"end\">%.3g</text>\n", left - 5,
                           Y(v) + 4, v);
     const double step = x0 + (x1 - x0) * i / 4.0;
-    absl::StrAppendFormat(&s, "<text x=\"%.1f\" y=\"%d\" class=\"tick\" text-anchor=\"middle\">%.0f</text>\n",
-                          X(step), top + plot_h + 16, step);
+    absl::StrAppendFormat(&s, "<text x=\"%.1f\" y=\"%d\" class=\"tick\" text-anchor=\"middle\">%.0f</text>\n", X(step),
+                          top + plot_h + 16, step);
   }
   absl::StrAppendFormat(&s, "<text x=\"%d\" y=\"%d\" class=\"tick\" text-anchor=\"middle\">step</text>\n",
                         left + plot_w / 2, top + plot_h + 32);
   if (dashed_at > y_min && dashed_at < y_max) {
-    absl::StrAppendFormat(&s, "<line x1=\"%d\" x2=\"%d\" y1=\"%.1f\" y2=\"%.1f\" stroke=\"#d62728\" "
-                              "stroke-dasharray=\"6,4\"></line>\n", left, left + plot_w, Y(dashed_at), Y(dashed_at));
+    absl::StrAppendFormat(&s,
+                          "<line x1=\"%d\" x2=\"%d\" y1=\"%.1f\" y2=\"%.1f\" stroke=\"#d62728\" "
+                          "stroke-dasharray=\"6,4\"></line>\n",
+                          left, left + plot_w, Y(dashed_at), Y(dashed_at));
   }
   for (size_t row = 0; row < lay.layers.size(); ++row) {
     const int layer = lay.layers[row];
@@ -136,8 +139,10 @@ std::string LineChart(const Layout& lay, const std::vector<RouterStepRecord>& re
       absl::StrAppendFormat(&points, "%.1f,%.1f ", X(static_cast<double>(series[i]->step())), Y(value(*series[i])));
     }
     const char* color = kLineColors[row % (sizeof(kLineColors) / sizeof(kLineColors[0]))];
-    absl::StrAppendFormat(&s, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\" points=\"%s\">"
-                              "<title>layer %d</title></polyline>\n", color, points, layer);
+    absl::StrAppendFormat(&s,
+                          "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\" points=\"%s\">"
+                          "<title>layer %d</title></polyline>\n",
+                          color, points, layer);
     if (series.size() <= 60) {
       for (const RouterStepRecord* r : series) {
         absl::StrAppendFormat(&s, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"2.5\" fill=\"%s\"></circle>\n",
@@ -146,8 +151,9 @@ std::string LineChart(const Layout& lay, const std::vector<RouterStepRecord>& re
     }
     if (row < 24) {
       const int ly = top + 8 + static_cast<int>(row) * 16;
-      absl::StrAppendFormat(&s, "<line x1=\"%d\" x2=\"%d\" y1=\"%d\" y2=\"%d\" stroke=\"%s\" stroke-width=\"3\">"
-                                "</line><text x=\"%d\" y=\"%d\" class=\"tick\">layer %d</text>\n",
+      absl::StrAppendFormat(&s,
+                            "<line x1=\"%d\" x2=\"%d\" y1=\"%d\" y2=\"%d\" stroke=\"%s\" stroke-width=\"3\">"
+                            "</line><text x=\"%d\" y=\"%d\" class=\"tick\">layer %d</text>\n",
                             left + plot_w + 10, left + plot_w + 30, ly, ly, color, left + plot_w + 35, ly + 4, layer);
     }
   }
@@ -176,8 +182,8 @@ std::string LoadRatioColor(double ratio) {
   return absl::StrFormat("#%02x%02x%02x", c[0], c[1], c[2]);
 }
 
-std::string RenderRouterStatsHtml(const std::vector<RouterStepRecord>& records,
-                                  const std::vector<RouterAlert>& alerts, const HtmlReportOptions& o) {
+std::string RenderRouterStatsHtml(const std::vector<RouterStepRecord>& records, const std::vector<RouterAlert>& alerts,
+                                  const HtmlReportOptions& o) {
   Layout lay;
   std::set<int> layers;
   std::set<int64_t> steps;
@@ -204,21 +210,24 @@ std::string RenderRouterStatsHtml(const std::vector<RouterStepRecord>& records,
                   ".tick{font-size:11px;fill:#444}.problem{color:#a00;font-weight:bold}.ok{color:#070}\n",
                   "h2{margin-top:28px;font-size:18px}\n</style></head><body>\n");
   absl::StrAppend(&h, "<h1>Router load balance</h1>\n<p>", Escape(o.source), ": ", records.size(), " records, steps ",
-                  lay.steps.front(), " to ", lay.steps.back(), " (", lay.steps.size(), " logged), ",
-                  lay.layers.size(), " MoE layers, ", lay.experts, " experts, top-", any.top_k(),
-                  ", expert-parallel ", any.ep_size(), "</p>\n");
+                  lay.steps.front(), " to ", lay.steps.back(), " (", lay.steps.size(), " logged), ", lay.layers.size(),
+                  " MoE layers, ", lay.experts, " experts, top-", any.top_k(), ", expert-parallel ", any.ep_size(),
+                  "</p>\n");
   if (!o.problem.empty()) absl::StrAppend(&h, "<p class=\"problem\">", Escape(o.problem), "</p>\n");
 
   absl::StrAppend(&h, "<h2>Alerts</h2>\n");
   if (alerts.empty()) {
     absl::StrAppend(&h, "<p class=\"ok\" id=\"no-alerts\">No alerts.</p>\n");
   } else {
-    absl::StrAppend(&h, "<table id=\"alerts\"><tr><th>layer</th><th>kind</th><th>expert</th><th>since step</th>"
-                        "<th>value</th><th>detail</th></tr>\n");
+    absl::StrAppend(&h,
+                    "<table id=\"alerts\"><tr><th>layer</th><th>kind</th><th>expert</th><th>since step</th>"
+                    "<th>value</th><th>detail</th></tr>\n");
     for (const RouterAlert& a : alerts) {
-      absl::StrAppendFormat(&h, "<tr><td>%d</td><td class=\"l\">%s</td><td>%s</td><td>%d</td><td>%.3g</td>"
-                                "<td class=\"l\">%s</td></tr>\n", a.layer, a.kind,
-                            a.expert >= 0 ? absl::StrCat(a.expert) : "", a.began_step, a.value, Escape(a.detail));
+      absl::StrAppendFormat(&h,
+                            "<tr><td>%d</td><td class=\"l\">%s</td><td>%s</td><td>%d</td><td>%.3g</td>"
+                            "<td class=\"l\">%s</td></tr>\n",
+                            a.layer, a.kind, a.expert >= 0 ? absl::StrCat(a.expert) : "", a.began_step, a.value,
+                            Escape(a.detail));
     }
     absl::StrAppend(&h, "</table>\n");
   }
@@ -235,22 +244,25 @@ std::string RenderRouterStatsHtml(const std::vector<RouterStepRecord>& records,
   double max_mom = 1.5;
   for (const RouterStepRecord& r : records) max_mom = std::max(max_mom, r.max_over_mean());
   absl::StrAppend(&h, "<h2>Imbalance over steps (max load / mean load)</h2>\n",
-                  LineChart(lay, records, "imbalance", [](const RouterStepRecord& r) { return r.max_over_mean(); },
-                            1.0, max_mom * 1.05, -1));
+                  LineChart(
+                      lay, records, "imbalance", [](const RouterStepRecord& r) { return r.max_over_mean(); }, 1.0,
+                      max_mom * 1.05, -1));
   absl::StrAppend(&h, "<h2>Router entropy / ln E over steps</h2>\n",
                   LineChart(lay, records, "entropy", EntropyRatio, 0.0, 1.0, o.thresholds.min_entropy_ratio));
 
-  absl::StrAppend(&h, "<h2>Layers at their latest step</h2>\n<table id=\"layers\"><tr><th>layer</th><th>step</th>"
-                      "<th>max/mean</th><th>cv</th><th>min/mean</th><th>entropy / ln E</th><th>top-1 prob</th>"
-                      "<th>dead</th><th>hottest (token share)</th><th>dropped</th><th>LB loss</th></tr>\n");
+  absl::StrAppend(&h,
+                  "<h2>Layers at their latest step</h2>\n<table id=\"layers\"><tr><th>layer</th><th>step</th>"
+                  "<th>max/mean</th><th>cv</th><th>min/mean</th><th>entropy / ln E</th><th>top-1 prob</th>"
+                  "<th>dead</th><th>hottest (token share)</th><th>dropped</th><th>LB loss</th></tr>\n");
   for (int layer : lay.layers) {
     const RouterStepRecord* r = nullptr;
     for (const RouterStepRecord& x : records) {
       if (x.layer() == layer) r = &x;
     }
     const LoadStats s = ComputeLoadStats({r->counts().begin(), r->counts().end()}, r->tokens());
-    absl::StrAppendFormat(&h, "<tr><td>%d</td><td>%d</td><td>%.3f</td><td>%.3f</td><td>%.3f</td><td>%.3f</td>"
-                              "<td>%.3f</td><td>%d</td><td>%d (%.1f%%)</td><td>%d</td><td>%.4f</td></tr>\n",
+    absl::StrAppendFormat(&h,
+                          "<tr><td>%d</td><td>%d</td><td>%.3f</td><td>%.3f</td><td>%.3f</td><td>%.3f</td>"
+                          "<td>%.3f</td><td>%d</td><td>%d (%.1f%%)</td><td>%d</td><td>%.4f</td></tr>\n",
                           layer, r->step(), r->max_over_mean(), r->cv(),
                           r->mean_load() > 0 ? r->min_load() / r->mean_load() : 0.0, EntropyRatio(*r), r->top1_mean(),
                           r->dead_experts(), s.hottest, 100 * s.hottest_share, r->dropped(), r->lb_loss());
@@ -277,9 +289,8 @@ std::string RenderRouterStatsHtml(const std::vector<RouterStepRecord>& records,
   data += "]";
   std::string step_list;
   for (size_t i = 0; i < chooser.size(); ++i) absl::StrAppend(&step_list, i ? "," : "", chooser[i]);
-  absl::StrAppend(&h, "<script>\n(function () {\n",
-                  "  const STEPS = [", step_list, "];\n  const COUNTS = ", data, ";\n",
-                  "  const LAYERS = [", absl::StrJoin(lay.layers, ","), "];\n", R"JS(
+  absl::StrAppend(&h, "<script>\n(function () {\n", "  const STEPS = [", step_list, "];\n  const COUNTS = ", data,
+                  ";\n", "  const LAYERS = [", absl::StrJoin(lay.layers, ","), "];\n", R"JS(
   function color(r) {
     if (r <= 0) return '#202020';
     const x = Math.max(-1, Math.min(1, Math.log2(r) / 2)), a = Math.abs(x);

@@ -30,8 +30,8 @@ struct HtmlReportOptions {
 };
 
 // `records` sorted by (step, layer), non-empty; `alerts` from FindRouterAlerts on the same records.
-std::string RenderRouterStatsHtml(const std::vector<RouterStepRecord>& records,
-                                  const std::vector<RouterAlert>& alerts, const HtmlReportOptions& options);
+std::string RenderRouterStatsHtml(const std::vector<RouterStepRecord>& records, const std::vector<RouterAlert>& alerts,
+                                  const HtmlReportOptions& options);
 
 // "#rrggbb" for a load ratio (load / mean load): the heat map's colour scale (0 = no tokens).
 std::string LoadRatioColor(double ratio);

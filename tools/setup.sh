@@ -28,6 +28,7 @@ APT_PACKAGES=(
   fortunes fortunes-min dict-jargon dict-devil
   python3 python3-venv
   chromium slurm-wlm munge
+  clang-format
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

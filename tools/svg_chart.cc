@@ -86,14 +86,15 @@ std::string LineChartSvg(const std::vector<ChartSeries>& series, const ChartOpti
   }
   auto px = [&](double x) { return left + (x - x0) / (x1 - x0) * pw; };
   auto py = [&](double y) {
-    const double t = o.log_y ? (std::log10(y) - std::log10(y0)) / (std::log10(y1) - std::log10(y0))
-                             : (y - y0) / (y1 - y0);
+    const double t =
+        o.log_y ? (std::log10(y) - std::log10(y0)) / (std::log10(y1) - std::log10(y0)) : (y - y0) / (y1 - y0);
     return top + (1 - std::clamp(t, 0.0, 1.0)) * ph;
   };
 
   // Axes, grid and ticks.
   absl::StrAppend(&svg, absl::StrFormat("<rect x=\"%g\" y=\"%g\" width=\"%g\" height=\"%g\" fill=\"none\" "
-                                        "stroke=\"#444\"/>\n", left, top, pw, ph));
+                                        "stroke=\"#444\"/>\n",
+                                        left, top, pw, ph));
   std::vector<double> yticks;
   if (o.log_y) {
     const int decades = static_cast<int>(std::round(std::log10(y1 / y0)));
@@ -122,7 +123,8 @@ std::string LineChartSvg(const std::vector<ChartSeries>& series, const ChartOpti
   absl::StrAppend(&svg, absl::StrFormat("<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">%s</text>\n", left + pw / 2,
                                         top + ph + 35, XmlEscape(o.x_label)));
   absl::StrAppend(&svg, absl::StrFormat("<text transform=\"translate(15,%g) rotate(-90)\" text-anchor=\"middle\">"
-                                        "%s</text>\n", top + ph / 2, XmlEscape(o.y_label)));
+                                        "%s</text>\n",
+                                        top + ph / 2, XmlEscape(o.y_label)));
 
   // Lines (broken at non-finite values), markers, legend.
   for (size_t i = 0; i < series.size(); ++i) {
@@ -142,8 +144,8 @@ std::string LineChartSvg(const std::vector<ChartSeries>& series, const ChartOpti
       }
       absl::StrAppend(&pts, absl::StrFormat("%.1f,%.1f ", px(x), py(y)));
       if (series[i].markers) {
-        absl::StrAppend(&svg, absl::StrFormat("<circle cx=\"%.1f\" cy=\"%.1f\" r=\"2.5\" fill=\"%s\"/>\n", px(x),
-                                              py(y), color));
+        absl::StrAppend(
+            &svg, absl::StrFormat("<circle cx=\"%.1f\" cy=\"%.1f\" r=\"2.5\" fill=\"%s\"/>\n", px(x), py(y), color));
       }
     }
     flush();

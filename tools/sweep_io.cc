@@ -100,8 +100,6 @@ std::string SelfDir() {
   return path.substr(0, path.find_last_of('/'));
 }
 
-double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
+double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 }  // namespace hybridmoe

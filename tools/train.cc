@@ -42,8 +42,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   // Validation that does not depend on the launch, before MPI starts (one line, whatever the rank).
-  if (absl::Status s = ValidateConfig(*config, /*world_size=*/0);
-      !s.ok()) {
+  if (absl::Status s = ValidateConfig(*config, /*world_size=*/0); !s.ok()) {
     std::fprintf(stderr, "train: %s: %s\n", config_path.c_str(), std::string(s.message()).c_str());
     return 1;
   }

@@ -11,14 +11,14 @@
 
 #include <ATen/Parallel.h>
 
-#include "absl/strings/str_cat.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "core/config.h"
+#include "core/data.h"
 #include "core/files.h"
 #include "core/host.h"
-#include "core/data.h"
 #include "core/metrics.h"
 #include "core/optim.h"
 #include "core/safetensors.h"
@@ -160,8 +160,8 @@ absl::Status Train(const TrainConfig& config, const TrainOptions& options, Paral
                                                  "it or choose another --out_dir"));
   }
   const DataConfig& dc = config.data();
-  ASSIGN_OR_RETURN(std::unique_ptr<DataLoader> data, DataLoader::Create(dc, config.model().vocab_size(),
-                                                                        config.train().seed()));
+  ASSIGN_OR_RETURN(std::unique_ptr<DataLoader> data,
+                   DataLoader::Create(dc, config.model().vocab_size(), config.train().seed()));
   const int threads = DefaultThreads(config, ctx.local_size());
   at::set_num_threads(threads);
   ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer, Trainer::Create(config, ctx));
@@ -208,10 +208,13 @@ absl::Status Train(const TrainConfig& config, const TrainOptions& options, Paral
     shard.writes = ctx.dp_rank() == 0;
     shard.root = root;
     shard.barrier = [&ctx] { ctx.Barrier(); };
-    RETURN_IF_ERROR(SaveCheckpoint(dir, model, trainer->optimizer(), config, state, config.checkpoint().keep_last(),
-                                   shard));
-    return log.Record(JsonRecord().Add("kind", "checkpoint").Add("step", done)
-                          .Add("path", dir + "/checkpoints/" + CheckpointDirName(done)).Add("seconds", Seconds(t0)));
+    RETURN_IF_ERROR(
+        SaveCheckpoint(dir, model, trainer->optimizer(), config, state, config.checkpoint().keep_last(), shard));
+    return log.Record(JsonRecord()
+                          .Add("kind", "checkpoint")
+                          .Add("step", done)
+                          .Add("path", dir + "/checkpoints/" + CheckpointDirName(done))
+                          .Add("seconds", Seconds(t0)));
   };
   const std::set<int64_t> nan_steps = FaultNanSteps();
 
@@ -242,20 +245,26 @@ absl::Status Train(const TrainConfig& config, const TrainOptions& options, Paral
     } else {
       ++state.skipped_steps;
       ++state.consecutive_bad_steps;
-      RETURN_IF_ERROR(log.Record(JsonRecord().Add("kind", "skip").Add("step", step + 1).Add("loss", r.loss)
-                                     .Add("grad_norm", r.grad_norm).Add("consecutive", state.consecutive_bad_steps)));
+      RETURN_IF_ERROR(log.Record(JsonRecord()
+                                     .Add("kind", "skip")
+                                     .Add("step", step + 1)
+                                     .Add("loss", r.loss)
+                                     .Add("grad_norm", r.grad_norm)
+                                     .Add("consecutive", state.consecutive_bad_steps)));
       if (root) {
         std::fprintf(stderr, "[train] step %lld: non-finite %s; update skipped (%lld in a row)\n",
                      static_cast<long long>(step + 1), r.finite_loss ? "gradients" : "loss",
                      static_cast<long long>(state.consecutive_bad_steps));
       }
       if (state.consecutive_bad_steps >= config.train().max_consecutive_bad_steps()) {
-        RETURN_IF_ERROR(log.Record(JsonRecord().Add("kind", "abort").Add("step", step + 1)
+        RETURN_IF_ERROR(log.Record(JsonRecord()
+                                       .Add("kind", "abort")
+                                       .Add("step", step + 1)
                                        .Add("consecutive_bad_steps", state.consecutive_bad_steps)));
-        return absl::AbortedError(absl::StrCat("training diverged: ", state.consecutive_bad_steps,
-                                               " consecutive steps with non-finite loss or gradients (last: step ",
-                                               step + 1, "; train.max_consecutive_bad_steps = ",
-                                               config.train().max_consecutive_bad_steps(), ")"));
+        return absl::AbortedError(
+            absl::StrCat("training diverged: ", state.consecutive_bad_steps,
+                         " consecutive steps with non-finite loss or gradients (last: step ", step + 1,
+                         "; train.max_consecutive_bad_steps = ", config.train().max_consecutive_bad_steps(), ")"));
       }
     }
     window_tokens += tokens_per_step;
@@ -264,25 +273,36 @@ absl::Status Train(const TrainConfig& config, const TrainOptions& options, Paral
     if (log_step) {
       std::vector<std::pair<std::string, double>> router_summary;
       if (log.router() != nullptr) {
-        ASSIGN_OR_RETURN(router_summary, log.router()->Log(step + 1, model->moe_layers(), ctx.ep_rank(),
-                                                           ctx.ep_size(), sum_over_ranks));
+        ASSIGN_OR_RETURN(router_summary, log.router()->Log(step + 1, model->moe_layers(), ctx.ep_rank(), ctx.ep_size(),
+                                                           sum_over_ranks));
       }
       const double tokens_per_s = window_tokens / std::max(Seconds(window_start), 1e-9);
       const double elapsed = Seconds(start);
       const double eta = elapsed / static_cast<double>(step + 1 - first_step) * static_cast<double>(steps - step - 1);
       JsonRecord rec;
-      rec.Add("kind", "train").Add("step", step + 1).Add("loss", r.loss).Add("lm_loss", r.lm_loss)
-          .Add("lb_loss", r.lb_loss).Add("z_loss", r.z_loss).Add("grad_norm", r.grad_norm).Add("lr", r.lr)
-          .Add("tokens_per_s", tokens_per_s).Add("tokens", (step + 1) * tokens_per_step)
-          .Add("elapsed_s", elapsed).Add("skipped_steps", state.skipped_steps)
+      rec.Add("kind", "train")
+          .Add("step", step + 1)
+          .Add("loss", r.loss)
+          .Add("lm_loss", r.lm_loss)
+          .Add("lb_loss", r.lb_loss)
+          .Add("z_loss", r.z_loss)
+          .Add("grad_norm", r.grad_norm)
+          .Add("lr", r.lr)
+          .Add("tokens_per_s", tokens_per_s)
+          .Add("tokens", (step + 1) * tokens_per_step)
+          .Add("elapsed_s", elapsed)
+          .Add("skipped_steps", state.skipped_steps)
           .Add("data_hash", absl::StrFormat("%016x", data_hash));
       for (const auto& [k, v] : router_summary) rec.Add(k, v);
       for (const auto& [k, v] : block_norms) rec.Add(k, v);
       RETURN_IF_ERROR(log.Record(rec));
-      std::vector<std::pair<std::string, double>> scalars = {
-          {"train/loss", r.loss},           {"train/lm_loss", r.lm_loss}, {"train/lb_loss", r.lb_loss},
-          {"train/z_loss", r.z_loss},       {"train/grad_norm", r.grad_norm}, {"train/lr", r.lr},
-          {"train/tokens_per_s", tokens_per_s}};
+      std::vector<std::pair<std::string, double>> scalars = {{"train/loss", r.loss},
+                                                             {"train/lm_loss", r.lm_loss},
+                                                             {"train/lb_loss", r.lb_loss},
+                                                             {"train/z_loss", r.z_loss},
+                                                             {"train/grad_norm", r.grad_norm},
+                                                             {"train/lr", r.lr},
+                                                             {"train/tokens_per_s", tokens_per_s}};
       for (const auto& [k, v] : router_summary) scalars.emplace_back(k, v);
       for (const auto& [k, v] : block_norms) scalars.emplace_back(k, v);
       RETURN_IF_ERROR(log.Scalars(step + 1, scalars));
@@ -299,9 +319,10 @@ absl::Status Train(const TrainConfig& config, const TrainOptions& options, Paral
     }
     const int64_t eval_every = config.train().eval_interval();
     if (data->has_validation() && ((eval_every > 0 && (step + 1) % eval_every == 0) || last)) {
-      ASSIGN_OR_RETURN(const double val, Evaluate(model, *data, dc.micro_batch_size(), config.train().eval_batches(), ctx));
-      RETURN_IF_ERROR(log.Record(JsonRecord().Add("kind", "eval").Add("step", step + 1).Add("val_loss", val)
-                                     .Add("val_ppl", std::exp(val))));
+      ASSIGN_OR_RETURN(const double val,
+                       Evaluate(model, *data, dc.micro_batch_size(), config.train().eval_batches(), ctx));
+      RETURN_IF_ERROR(log.Record(
+          JsonRecord().Add("kind", "eval").Add("step", step + 1).Add("val_loss", val).Add("val_ppl", std::exp(val))));
       RETURN_IF_ERROR(log.Scalars(step + 1, {{"val/loss", val}, {"val/ppl", std::exp(val)}}));
       if (say) {
         std::fprintf(stderr, "[eval]  step %lld | val loss %.4f | val ppl %.3f\n", static_cast<long long>(step + 1),
@@ -316,8 +337,9 @@ absl::Status Train(const TrainConfig& config, const TrainOptions& options, Paral
       window_start = Clock::now();
     }
     if (stop) {
-      if (say) std::fprintf(stderr, "[train] stopped at step %lld (--stop_at_step); continue with --resume\n",
-                            static_cast<long long>(step + 1));
+      if (say)
+        std::fprintf(stderr, "[train] stopped at step %lld (--stop_at_step); continue with --resume\n",
+                     static_cast<long long>(step + 1));
       break;
     }
   }

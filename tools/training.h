@@ -41,10 +41,10 @@ struct StepOptions {
 struct StepResult {
   // Means over ranks and micro-batches (the loss of the global batch).
   double loss = 0, lm_loss = 0, lb_loss = 0, z_loss = 0;
-  double grad_norm = 0;      // global, before clipping
-  double lr = 0;             // the rate used (or that would have been used, when the update was skipped)
-  bool finite_loss = true;   // every rank's every loss term finite
-  bool updated = false;      // AdamW ran (losses and grad_norm finite)
+  double grad_norm = 0;     // global, before clipping
+  double lr = 0;            // the rate used (or that would have been used, when the update was skipped)
+  bool finite_loss = true;  // every rank's every loss term finite
+  bool updated = false;     // AdamW ran (losses and grad_norm finite)
   // Wall time of the parts of the step on this rank, seconds.
   double forward_backward_s = 0, reduce_s = 0, clip_s = 0, optimizer_s = 0, total_s = 0;
 };

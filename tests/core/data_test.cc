@@ -34,8 +34,8 @@ void Append(std::string* s, T v) {
 
 // A version-1 .npy file: magic, header dict padded to a 64-byte boundary, then `data`.
 std::string Npy(const std::string& descr, bool fortran, const std::string& shape, const std::string& data) {
-  std::string dict = "{'descr': '" + descr + "', 'fortran_order': " + (fortran ? "True" : "False") +
-                     ", 'shape': " + shape + ", }";
+  std::string dict =
+      "{'descr': '" + descr + "', 'fortran_order': " + (fortran ? "True" : "False") + ", 'shape': " + shape + ", }";
   while ((10 + dict.size() + 1) % 64 != 0) dict += ' ';
   dict += '\n';
   std::string s("\x93NUMPY\x01\x00", 8);

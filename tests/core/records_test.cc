@@ -37,7 +37,8 @@ std::string TempPath(const std::string& name) {
 TEST(Records, VarintFramingMatchesHandEncoding) {
   std::string out;
   AppendDelimited("abc", &out);
-  EXPECT_EQ(out, std::string("\x03" "abc"));
+  EXPECT_EQ(out, std::string("\x03"
+                             "abc"));
   out.clear();
   AppendDelimited(std::string(300, 'x'), &out);  // 300 = 0b10_0101100 -> 0xAC 0x02
   ASSERT_EQ(out.size(), 302u);
@@ -142,7 +143,7 @@ TEST(Records, AbsurdLengthIsInvalidNotTruncated) {
   AppendDelimited("two", &bytes);
   // varint of 2^40: far above kMaxRecordBytes, so garbage rather than a record still being written.
   const uint64_t n = uint64_t{1} << 40;
-  for (uint64_t v = n; ; v >>= 7) {
+  for (uint64_t v = n;; v >>= 7) {
     if (v < 0x80) {
       bytes.push_back(static_cast<char>(v));
       break;
@@ -209,8 +210,7 @@ TEST(Records, WriterRefusesToAppendAfterGarbage) {
   WriteBytes(path, bytes);
   auto writer = RecordWriter::Open(path);
   ASSERT_FALSE(writer.ok());
-  EXPECT_NE(writer.status().message().find(path + ": invalid record at byte 5"), std::string::npos)
-      << writer.status();
+  EXPECT_NE(writer.status().message().find(path + ": invalid record at byte 5"), std::string::npos) << writer.status();
   EXPECT_EQ(ReadBytes(path), bytes);  // untouched
 }
 

@@ -72,8 +72,7 @@ TEST(Crc32cTest, MaskMatchesTfRecordDefinition) {
   EXPECT_EQ(MaskCrc32c(Crc32c("123456789")), 0xC78AB0E5u);
   EXPECT_EQ(MaskCrc32c(Crc32c("")), 0xA282EAD8u);
   for (uint32_t crc : {0u, 1u, 0x80000000u, 0xE3069283u, 0xFFFFFFFFu}) {
-    const uint64_t rotated =
-        ((static_cast<uint64_t>(crc) >> 15) | (static_cast<uint64_t>(crc) << 17)) & 0xFFFFFFFFu;
+    const uint64_t rotated = ((static_cast<uint64_t>(crc) >> 15) | (static_cast<uint64_t>(crc) << 17)) & 0xFFFFFFFFu;
     EXPECT_EQ(MaskCrc32c(crc), static_cast<uint32_t>((rotated + 0xa282ead8u) & 0xFFFFFFFFu));
     EXPECT_EQ(UnmaskCrc32c(MaskCrc32c(crc)), crc);
   }
@@ -126,8 +125,8 @@ TEST(TensorBoardWriterTest, RoundTripAndFileLayout) {
   absl::StatusOr<std::unique_ptr<TensorBoardWriter>> writer = TensorBoardWriter::Open(dir, "rank0");
   ASSERT_TRUE(writer.ok()) << writer.status();
   const std::string path = (*writer)->path();
-  EXPECT_TRUE(std::regex_match(fs::path(path).filename().string(),
-                               std::regex(R"(events\.out\.tfevents\.\d{10}\..+\.rank0)")))
+  EXPECT_TRUE(
+      std::regex_match(fs::path(path).filename().string(), std::regex(R"(events\.out\.tfevents\.\d{10}\..+\.rank0)")))
       << path;
   EXPECT_EQ(fs::path(path).parent_path(), fs::path(dir));
 
@@ -178,8 +177,7 @@ TEST(TensorBoardWriterTest, TruncatedFinalRecordKeepsValidPrefix) {
   const std::string dir = FreshDir("truncated");
   auto writer = TensorBoardWriter::Open(dir);
   ASSERT_TRUE(writer.ok()) << writer.status();
-  for (int step = 1; step <= 3; ++step)
-    ASSERT_TRUE((*writer)->AddScalar("train/loss", step, 1.0 / step).ok());
+  for (int step = 1; step <= 3; ++step) ASSERT_TRUE((*writer)->AddScalar("train/loss", step, 1.0 / step).ok());
   const std::string path = (*writer)->path();
   writer->reset();
   const std::string full = ReadBytes(path);

@@ -163,8 +163,8 @@ TEST(AccountingTest, EveryStrategyKindGranularityAndMixMatchesBuiltModel) {
 }
 
 TEST(AccountingTest, ExpertParallelShardMatchesBuiltShard) {
-  const TrainConfig config = Load("configs/presets/normformer.textproto",
-                                  {"model { moe { num_experts: 8 every_n_layers: 1 } }"});
+  const TrainConfig config =
+      Load("configs/presets/normformer.textproto", {"model { moe { num_experts: 8 every_n_layers: 1 } }"});
   for (int ep : {1, 2, 4, 8}) {
     TrainConfig c = config;
     c.mutable_parallel()->set_expert_parallel_size(ep);

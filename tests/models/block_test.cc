@@ -170,9 +170,9 @@ BlockOptions Options(NormStrategy s, int64_t layer, NormKind kind) {
   return o;
 }
 
-const NormStrategy kAll[] = {NormStrategy::kPreNorm,  NormStrategy::kPostNorm,      NormStrategy::kQkNorm,
-                             NormStrategy::kQkvNorm,  NormStrategy::kHybridNorm,    NormStrategy::kHybridNormStar,
-                             NormStrategy::kMixLn,    NormStrategy::kSandwich,      NormStrategy::kDeepNorm,
+const NormStrategy kAll[] = {NormStrategy::kPreNorm,   NormStrategy::kPostNorm,   NormStrategy::kQkNorm,
+                             NormStrategy::kQkvNorm,   NormStrategy::kHybridNorm, NormStrategy::kHybridNormStar,
+                             NormStrategy::kMixLn,     NormStrategy::kSandwich,   NormStrategy::kDeepNorm,
                              NormStrategy::kNormFormer};
 
 TEST(BlockTest, EveryStrategyMatchesItsFormula) {
@@ -209,9 +209,9 @@ TEST(BlockTest, DenseSlotFollowsTheSameLayout) {
   const at::Tensor X = at::randn({B, S, D});
   const at::Tensor Y = X + RefAttention(X, p, "attn.", {true, true, true, true}, NormKind::kRms, false);
   const at::Tensor h = RefNorm(Y, p, "ffn_norm", NormKind::kRms);
-  const at::Tensor want = h + at::matmul(at::silu(at::matmul(h, Get(p, "ffn.w_gate").t())) *
-                                             at::matmul(h, Get(p, "ffn.w_up").t()),
-                                         Get(p, "ffn.w_down").t());
+  const at::Tensor want =
+      h + at::matmul(at::silu(at::matmul(h, Get(p, "ffn.w_gate").t())) * at::matmul(h, Get(p, "ffn.w_up").t()),
+                     Get(p, "ffn.w_down").t());
   EXPECT_LT((block(X).x - want).abs().max().item<double>(), 2e-5);
   EXPECT_FALSE(block(X).lb_loss.defined());
 }

@@ -98,13 +98,9 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
 bool CompatibleShallowCopy(const at::Tensor&, const at::Tensor&) { return true; }
 
 // At the autograd key: the operator is CompositeImplicitAutograd, which that key dispatches to first.
-TORCH_LIBRARY_IMPL(aten, AutogradPrivateUse1, m) {
-  m.impl("_has_compatible_shallow_copy_type", CompatibleShallowCopy);
-}
+TORCH_LIBRARY_IMPL(aten, AutogradPrivateUse1, m) { m.impl("_has_compatible_shallow_copy_type", CompatibleShallowCopy); }
 
-TORCH_LIBRARY_IMPL(_, PrivateUse1, m) {
-  m.fallback(torch::CppFunction::makeFromBoxedFunction<&CheckedCpuFallback>());
-}
+TORCH_LIBRARY_IMPL(_, PrivateUse1, m) { m.fallback(torch::CppFunction::makeFromBoxedFunction<&CheckedCpuFallback>()); }
 
 // One device and one stream on which everything is already done: events are no-ops (the autograd engine
 // records them to order backward work across streams).

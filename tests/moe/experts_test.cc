@@ -96,13 +96,13 @@ TEST_P(GroupedSwiGluTest, MatchesAutogradOfThePlainFormula) {
 }
 
 INSTANTIATE_TEST_SUITE_P(RowPatterns, GroupedSwiGluTest,
-                         ::testing::Values(std::vector<int64_t>{3, 5, 2, 4},   // every expert has rows
-                                           std::vector<int64_t>{0, 5, 2, 4},   // first expert empty
-                                           std::vector<int64_t>{3, 0, 2, 4},   // a middle one empty
-                                           std::vector<int64_t>{3, 5, 2, 0},   // last one empty
-                                           std::vector<int64_t>{0, 0, 7, 0},   // one expert takes all
-                                           std::vector<int64_t>{1, 1, 1, 1},   // single rows
-                                           std::vector<int64_t>{0, 0, 0, 0})); // no rows at all
+                         ::testing::Values(std::vector<int64_t>{3, 5, 2, 4},    // every expert has rows
+                                           std::vector<int64_t>{0, 5, 2, 4},    // first expert empty
+                                           std::vector<int64_t>{3, 0, 2, 4},    // a middle one empty
+                                           std::vector<int64_t>{3, 5, 2, 0},    // last one empty
+                                           std::vector<int64_t>{0, 0, 7, 0},    // one expert takes all
+                                           std::vector<int64_t>{1, 1, 1, 1},    // single rows
+                                           std::vector<int64_t>{0, 0, 0, 0}));  // no rows at all
 
 // Finite differences on a few weight entries: the analytic gradient of the hand-written path, not just its
 // agreement with another analytic gradient.
@@ -126,9 +126,9 @@ TEST(GroupedSwiGlu, AgreesWithCentralDifferences) {
     return (experts->forward(x, counts) * dy).sum().item<double>();
   };
   const double h = 1e-6;
-  for (const auto& [w, g, name] : {std::make_tuple(experts->w_gate, got.d_gate, "w_gate"),
-                                   std::make_tuple(experts->w_up, got.d_up, "w_up"),
-                                   std::make_tuple(experts->w_down, got.d_down, "w_down")}) {
+  for (const auto& [w, g, name] :
+       {std::make_tuple(experts->w_gate, got.d_gate, "w_gate"), std::make_tuple(experts->w_up, got.d_up, "w_up"),
+        std::make_tuple(experts->w_down, got.d_down, "w_down")}) {
     for (const int64_t e : {0, 2, 3}) {
       at::Tensor entry = w[e].view(-1)[5];
       const double saved = entry.item<double>();

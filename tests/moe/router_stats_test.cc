@@ -209,9 +209,12 @@ TEST(RouterStatsLogger, BatchSplitOverTwoRanksMatchesOneRank) {
   ASSERT_TRUE(ep1.ok() && ep2.ok());
   ASSERT_TRUE((*ep1)->Log(1, {whole}, 0, 1, nullptr).ok());
   const std::vector<double> other = PackRouterCounters({half1}, 1, 2);
-  ASSERT_TRUE((*ep2)->Log(1, {half0}, 0, 2, [&](std::vector<double>& v) {
-                  for (size_t i = 0; i < v.size(); ++i) v[i] += other[i];
-                }).ok());
+  ASSERT_TRUE((*ep2)
+                  ->Log(1, {half0}, 0, 2,
+                        [&](std::vector<double>& v) {
+                          for (size_t i = 0; i < v.size(); ++i) v[i] += other[i];
+                        })
+                  .ok());
   const RouterStepRecord a = ReadRouterStats((*ep1)->path())->records.at(0);
   const RouterStepRecord b = ReadRouterStats((*ep2)->path())->records.at(0);
   EXPECT_EQ(std::vector<int64_t>(a.counts().begin(), a.counts().end()), kCounts);
@@ -255,8 +258,8 @@ RouterStepRecord Synthetic(int64_t step, int layer, std::vector<int64_t> counts,
 }
 
 TEST(RouterAlerts, CollapseDeadAndGrowthWithTheStepTheyBegan) {
-  const std::vector<int64_t> even = {25, 25, 25, 25, 25, 25, 25, 25};     // 100 tokens, balanced
-  const std::vector<int64_t> hot = {100, 20, 20, 20, 10, 10, 10, 10};     // expert 0: every token
+  const std::vector<int64_t> even = {25, 25, 25, 25, 25, 25, 25, 25};    // 100 tokens, balanced
+  const std::vector<int64_t> hot = {100, 20, 20, 20, 10, 10, 10, 10};    // expert 0: every token
   const std::vector<int64_t> hot_dead = {100, 30, 30, 20, 20, 0, 0, 0};  // and experts 5-7 dead
   const double lnE = std::log(8.0);
   std::vector<RouterStepRecord> records;

@@ -34,7 +34,8 @@ TEST(Communicator, AllToAllIrregularAndZeroCounts) {
       recv[p] = Rows(p, me);
       at::Tensor part = at::empty({send[p], 2, 3}, at::kDouble);
       for (int64_t i = 0; i < send[p]; ++i) {
-        for (int64_t j = 0; j < 6; ++j) part[i].view({-1})[j] = Value(me, p, i, j) / (dtype == at::kBFloat16 ? 1000 : 1);
+        for (int64_t j = 0; j < 6; ++j)
+          part[i].view({-1})[j] = Value(me, p, i, j) / (dtype == at::kBFloat16 ? 1000 : 1);
       }
       parts.push_back(part);
     }

@@ -120,8 +120,8 @@ void RunCase(const Case& c) {
 
   // Counters: every kept slot is received by exactly one rank.
   const int64_t kept = ep->stats.tokens * options.top_k - ep->stats.dropped;
-  at::Tensor totals = at::tensor({static_cast<double>(dispatcher->counters.rows_received),
-                                  static_cast<double>(kept), static_cast<double>(dispatcher->counters.rows_sent)},
+  at::Tensor totals = at::tensor({static_cast<double>(dispatcher->counters.rows_received), static_cast<double>(kept),
+                                  static_cast<double>(dispatcher->counters.rows_sent)},
                                  at::kDouble);
   world->AllReduce(totals, ReduceOp::kSum, "counters");
   EXPECT_EQ(totals[0].item<double>(), totals[1].item<double>());

@@ -12,8 +12,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
-#include <vector>
 #include <thread>
+#include <vector>
 
 #include "moe/moe_layer.h"
 #include "parallel/context.h"

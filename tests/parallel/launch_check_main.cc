@@ -16,12 +16,14 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a.rfind("--ep=", 0) == 0) config.mutable_parallel()->set_expert_parallel_size(std::atoi(a.c_str() + 5));
-    if (a.rfind("--experts=", 0) == 0) config.mutable_model()->mutable_moe()->set_num_experts(std::atoi(a.c_str() + 10));
+    if (a.rfind("--experts=", 0) == 0)
+      config.mutable_model()->mutable_moe()->set_num_experts(std::atoi(a.c_str() + 10));
   }
   config.mutable_parallel()->set_timeout_s(30);
   auto ctx = hybridmoe::ParallelContext::Create(config);
   if (!ctx.ok()) {
-    if (hybridmoe::ParallelContext::IsRankZero()) std::fprintf(stderr, "error: %s\n", std::string(ctx.status().message()).c_str());
+    if (hybridmoe::ParallelContext::IsRankZero())
+      std::fprintf(stderr, "error: %s\n", std::string(ctx.status().message()).c_str());
     return 1;
   }
   const auto& c = **ctx;

@@ -1,6 +1,6 @@
 // Launcher detection, parallel config checks and the EP/DP layout, without MPI.
-#include "core/config.h"
 #include "parallel/topology.h"
+#include "core/config.h"
 
 #include <map>
 #include <string>
@@ -33,8 +33,8 @@ TEST(DetectLaunch, NoLauncherMeansOneRankWithoutMpi) {
 }
 
 TEST(DetectLaunch, Mpirun) {
-  const auto info = DetectLaunch(
-      Env{{{"OMPI_COMM_WORLD_SIZE", "4"}, {"OMPI_COMM_WORLD_RANK", "2"}, {"PMIX_RANK", "2"}}}.getenv());
+  const auto info =
+      DetectLaunch(Env{{{"OMPI_COMM_WORLD_SIZE", "4"}, {"OMPI_COMM_WORLD_RANK", "2"}, {"PMIX_RANK", "2"}}}.getenv());
   ASSERT_TRUE(info.ok());
   EXPECT_TRUE(info->use_mpi);
   EXPECT_EQ(info->launcher, "mpirun");
@@ -55,12 +55,12 @@ TEST(DetectLaunch, MpirunInsideSlurmIgnoresSlurmProcid) {
 }
 
 TEST(DetectLaunch, SrunWithPmix) {
-  const auto info = DetectLaunch(Env{{{"SLURM_JOB_ID", "42"},
-                                      {"SLURM_STEP_ID", "0"},
-                                      {"SLURM_STEP_NUM_TASKS", "8"},
-                                      {"SLURM_PROCID", "5"},
-                                      {"PMIX_RANK", "5"}}}
-                                     .getenv());
+  const auto info = DetectLaunch(Env{
+      {{"SLURM_JOB_ID", "42"},
+       {"SLURM_STEP_ID", "0"},
+       {"SLURM_STEP_NUM_TASKS", "8"},
+       {"SLURM_PROCID", "5"},
+       {"PMIX_RANK", "5"}}}.getenv());
   ASSERT_TRUE(info.ok());
   EXPECT_TRUE(info->use_mpi);
   EXPECT_EQ(info->launcher, "srun (Slurm job 42, step 0)");
@@ -88,8 +88,9 @@ TEST(CheckWorldSize, LauncherAndMpiMustAgree) {
   info.expected_world_size = 4;
   EXPECT_TRUE(CheckWorldSize(info, 4).ok());
   const absl::Status bad = CheckWorldSize(info, 1);
-  EXPECT_EQ(bad.message(), "launch: mpirun started 4 ranks but MPI sees a world of 1; the launcher and the MPI "
-                           "library disagree");
+  EXPECT_EQ(bad.message(),
+            "launch: mpirun started 4 ranks but MPI sees a world of 1; the launcher and the MPI "
+            "library disagree");
   info.expected_world_size = 0;  // unknown
   EXPECT_TRUE(CheckWorldSize(info, 3).ok());
 }
@@ -115,7 +116,8 @@ TEST(ValidateParallelConfig, NamesTheFieldTheValueAndWhatIsValid) {
   EXPECT_TRUE(ValidateParallelConfig(dense, 4).ok());
   TrainConfig no_timeout = Config(1, 8);
   no_timeout.mutable_parallel()->set_timeout_s(0);
-  EXPECT_EQ(ValidateParallelConfig(no_timeout, 1).message(), "parallel.timeout_s (0) must be > 0 seconds (and at most 1e7)");
+  EXPECT_EQ(ValidateParallelConfig(no_timeout, 1).message(),
+            "parallel.timeout_s (0) must be > 0 seconds (and at most 1e7)");
 }
 
 // Two nodes with two ranks each, placed by blocks (0,1 | 2,3) or round-robin (0,2 | 1,3).

@@ -38,7 +38,9 @@ TEST(CompareMetricsTest, UnicodeEscapesDecodeToUtf8) {
   EXPECT_EQ(r->str.at("run"), "caf\xc3\xa9");
   EXPECT_EQ(r->str.at("emoji"), "\xf0\x9f\x98\x80");
   EXPECT_EQ(r->str.at("raw"), "caf\xc3\xa9");
-  EXPECT_EQ(r->Get("\xc3\xbc" "ber"), 3);
+  EXPECT_EQ(r->Get("\xc3\xbc"
+                   "ber"),
+            3);
 }
 
 TEST(CompareMetricsTest, MalformedLinesAreErrors) {
@@ -53,9 +55,12 @@ TEST(CompareMetricsTest, MalformedLinesAreErrors) {
 
 TEST(CompareMetricsTest, ReadRunMetricsGroupsByKindAndCountsTornLines) {
   const std::string path = TempPath("metrics.jsonl");
-  std::ofstream(path) << R"({"kind": "train", "step": 1, "loss": 3.0, "data_hash": "\u00e9"})" << "\n"
-                      << R"({"kind": "eval", "step": 1, "val_loss": 3.5})" << "\n\n"
-                      << R"({"kind": "skip", "step": 2})" << "\n"
+  std::ofstream(path) << R"({"kind": "train", "step": 1, "loss": 3.0, "data_hash": "\u00e9"})"
+                      << "\n"
+                      << R"({"kind": "eval", "step": 1, "val_loss": 3.5})"
+                      << "\n\n"
+                      << R"({"kind": "skip", "step": 2})"
+                      << "\n"
                       << R"({"kind": "train", "step": 3, "lo)";
   auto run = ReadRunMetrics(path);
   ASSERT_TRUE(run.ok()) << run.status();

@@ -22,12 +22,11 @@ namespace {
 constexpr int64_t kMicro = 4, kSeq = 16, kVocab = 256;
 
 TrainConfig Config(int64_t micro, int64_t accum) {
-  auto c = LoadConfig(
-      "configs/tiny.textproto",
-      {"model { d_model: 32 n_layers: 2 n_heads: 2 moe { num_experts: 4 top_k: 2 expert_hidden: 32 "
-       "lb_loss_weight: 0.01 z_loss_weight: 0.001 } } optim { grad_clip: 0 warmup_steps: 0 } "
-       "data { seq_len: 16 micro_batch_size: " + std::to_string(micro) + " grad_accum_steps: " +
-       std::to_string(accum) + " }"});
+  auto c = LoadConfig("configs/tiny.textproto",
+                      {"model { d_model: 32 n_layers: 2 n_heads: 2 moe { num_experts: 4 top_k: 2 expert_hidden: 32 "
+                       "lb_loss_weight: 0.01 z_loss_weight: 0.001 } } optim { grad_clip: 0 warmup_steps: 0 } "
+                       "data { seq_len: 16 micro_batch_size: " +
+                       std::to_string(micro) + " grad_accum_steps: " + std::to_string(accum) + " }"});
   EXPECT_TRUE(c.ok()) << c.status();
   return *c;
 }
