@@ -1,4 +1,5 @@
 #include "parallel/communicator.h"
+#include "parallel/mpi_communicator.h"
 
 #include <sched.h>
 #include <unistd.h>

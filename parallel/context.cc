@@ -17,6 +17,7 @@
 #include "parallel/device.h"
 #include "parallel/ep_dispatcher.h"
 #include "parallel/grad_sync.h"
+#include "parallel/mpi_communicator.h"
 #include "parallel/topology.h"
 
 #ifdef HYBRIDMOE_WITH_NCCL

@@ -22,6 +22,7 @@
 
 #include "absl/status/statusor.h"
 #include "parallel/communicator.h"
+#include "parallel/mpi_communicator.h"
 
 namespace hybridmoe {
 

@@ -8,6 +8,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include "parallel/communicator.h"
+#include "parallel/mpi_communicator.h"
 
 namespace hybridmoe {
 namespace {

@@ -1,6 +1,7 @@
 // MpiCommunicator collectives on 2, 3 and 4 ranks: irregular and zero counts, dtypes, sub-groups. Every
 // expected value is computed from a closed formula of (sender, receiver, index), independent of the code.
 #include "parallel/communicator.h"
+#include "parallel/mpi_communicator.h"
 
 #include <gtest/gtest.h>
 

@@ -4,6 +4,8 @@
 // Tolerance: 1e-5 (absolute and relative), fp32.
 #include "parallel/ep_dispatcher.h"
 
+#include "parallel/mpi_communicator.h"
+
 #include <gtest/gtest.h>
 
 #include "moe/moe_layer.h"
