@@ -156,13 +156,14 @@ std::shared_ptr<MpiCommunicator> MpiCommunicator::World(double timeout_s) {
   return std::make_shared<MpiCommunicator>(MPI_COMM_WORLD, timeout_s);
 }
 
-void MpiCommunicator::Fail(std::string_view what, const std::string& problem) {
+void MpiCommunicator::Fail(std::string_view what, const std::string& problem, const std::function<void()>& cleanup) {
   int world_rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
   std::fprintf(stderr, "rank %d: %.*s %s\n", world_rank, static_cast<int>(what.size()), what.data(), problem.c_str());
   std::fflush(stderr);
   // MPI_Abort asks the launcher to kill every rank; if the runtime itself is gone, SIGALRM ends us anyway.
   alarm(20);
+  if (cleanup) cleanup();
   MPI_Abort(MPI_COMM_WORLD, 1);
   _exit(1);
 }
@@ -226,7 +227,7 @@ void MpiCommunicator::Wait(std::vector<MPI_Request>& requests, const std::vector
   TimedOut(what, std::move(silent));
 }
 
-void MpiCommunicator::TimedOut(std::string_view what, std::vector<int> silent) {
+void MpiCommunicator::TimedOut(std::string_view what, std::vector<int> silent, const std::function<void()>& cleanup) {
   std::sort(silent.begin(), silent.end());
   silent.erase(std::unique(silent.begin(), silent.end()), silent.end());
   if (silent.empty()) silent = ProbeUnresponsive(std::clamp(0.2 * timeout_s_, 2.0, 30.0));
@@ -238,7 +239,7 @@ void MpiCommunicator::TimedOut(std::string_view what, std::vector<int> silent) {
     for (int p : silent) world.push_back(world_ranks_[p]);
     problem += DescribeRanks(world) + (world.size() == 1 ? " is" : " are") + " unresponsive or dead";
   }
-  Fail(what, problem);
+  Fail(what, problem, cleanup);
 }
 
 namespace {

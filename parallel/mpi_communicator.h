@@ -5,6 +5,7 @@
 
 #include <mpi.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -44,11 +45,15 @@ class MpiCommunicator : public Communicator {
   // Polls `requests` until all are done or the deadline passes; `peer_of` (empty, or one entry per
   // request) gives the group rank a receive waits on (-1 for other requests), to name a silent peer.
   void Wait(std::vector<MPI_Request>& requests, const std::vector<int>& peer_of, std::string_view what);
-  // Prints the one-line diagnosis and aborts the job. Never returns.
-  [[noreturn]] void Fail(std::string_view what, const std::string& problem);
+  // Prints the one-line diagnosis and aborts the job. Never returns. `cleanup` (e.g. ncclCommAbort, which can
+  // block on a dead peer) runs after the print and after the alarm that ends the process is armed, so a
+  // cleanup that hangs cannot keep the rank alive.
+  [[noreturn]] void Fail(std::string_view what, const std::string& problem,
+                         const std::function<void()>& cleanup = nullptr);
   // The deadline of `what` passed: names `silent` (group ranks known not to have answered; when empty,
-  // those that fail a liveness probe) and aborts via Fail.
-  [[noreturn]] void TimedOut(std::string_view what, std::vector<int> silent);
+  // those that fail a liveness probe) and aborts via Fail (passing `cleanup` on).
+  [[noreturn]] void TimedOut(std::string_view what, std::vector<int> silent,
+                             const std::function<void()>& cleanup = nullptr);
   // Group ranks that do not answer a liveness probe within `grace_s` (every live rank of the group that
   // is stuck in the same operation answers when its own deadline expires).
   std::vector<int> ProbeUnresponsive(double grace_s);

@@ -78,9 +78,12 @@ cudaStream_t NcclCommunicator::Stream() const {
 }
 
 void NcclCommunicator::Abort(std::string_view what, const std::string& problem) {
+  mpi_->Fail(what, problem, [this] { AbortComm(); });
+}
+
+void NcclCommunicator::AbortComm() {
   if (comm_ != nullptr) ncclCommAbort(comm_);
   comm_ = nullptr;
-  mpi_->Fail(what, problem);
 }
 
 void NcclCommunicator::CheckDevice(const at::Tensor& t, std::string_view what) const {
@@ -93,9 +96,7 @@ void NcclCommunicator::Check(ncclResult_t result, std::string_view what) {
   const auto deadline = start + std::chrono::duration<double>(timeout_s());
   while (result == ncclInProgress) {
     if (Clock::now() > deadline) {
-      ncclCommAbort(comm_);
-      comm_ = nullptr;
-      mpi_->TimedOut(what, {});
+      mpi_->TimedOut(what, {}, [this] { AbortComm(); });
     }
     Pause(start);
     ncclCommGetAsyncError(comm_, &result);
@@ -119,9 +120,7 @@ void NcclCommunicator::WaitStream(std::string_view what) {
       Abort(what, absl::StrCat("failed: NCCL ", ncclGetErrorString(async)));
     }
     if (Clock::now() > deadline) {
-      ncclCommAbort(comm_);
-      comm_ = nullptr;
-      mpi_->TimedOut(what, {});
+      mpi_->TimedOut(what, {}, [this] { AbortComm(); });
     }
     Pause(start);
   }

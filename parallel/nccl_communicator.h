@@ -66,6 +66,8 @@ class NcclCommunicator : public Communicator {
   // Waits until the work queued so far on Stream() is done, or fails the job at the deadline.
   void WaitStream(std::string_view what);
   [[noreturn]] void Abort(std::string_view what, const std::string& problem);
+  // ncclCommAbort (may block on a dead peer): run by MpiCommunicator::Fail once its alarm is armed.
+  void AbortComm();
   // A CUDA tensor handed to this communicator must live on its device.
   void CheckDevice(const at::Tensor& t, std::string_view what) const;
 

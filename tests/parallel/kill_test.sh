@@ -38,6 +38,12 @@ case "$mode" in
     grep -Eq "$pattern" "$out" || fail "no line matching '$pattern'"
     if grep -E "^rank [0-9]+: .* did not complete" "$out" | grep -q "^rank 1:"; then fail "the stopped rank reported"; fi
     ;;
+  stuck_cleanup)
+    [[ $rc -ne 0 ]] || fail "exit status 0 after a rank failed"
+    grep -q "^rank 1: test failure: with a cleanup that never returns$" "$out" || fail "no failure line before the cleanup"
+    # Fail's 20 s alarm, not the ${limit}s limit, must end the stuck rank.
+    [[ $elapsed -le 60 ]] || fail "took ${elapsed}s: the alarm was not armed before the cleanup"
+    ;;
   *) fail "unknown mode $mode" ;;
 esac
 echo "ok"

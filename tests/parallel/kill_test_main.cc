@@ -4,7 +4,9 @@
 // size), then a sum over ranks. At step 2 rank 1 either SIGKILLs itself (mode kill) or SIGSTOPs itself
 // (mode hang: alive but silent) while the other ranks wait in the layer's all-to-all or in the sum. The
 // others must not hang: with kill, mpirun notices the death and ends the job; with hang, their
-// collectives time out after S seconds and they abort naming rank 1. Mode none runs to completion.
+// collectives time out after S seconds and they abort naming rank 1. Mode none runs to completion. Mode
+// stuck_cleanup: rank 1 fails at once (MpiCommunicator::Fail) with a cleanup that never returns, as
+// ncclCommAbort can on a dead peer; the alarm armed before the cleanup must still end it.
 #include <signal.h>
 #include <unistd.h>
 
@@ -18,6 +20,7 @@
 #include "moe/moe_layer.h"
 #include "parallel/context.h"
 #include "parallel/ep_dispatcher.h"
+#include "parallel/mpi_communicator.h"
 
 int main(int argc, char** argv) {
   std::string mode = "none", where = "alltoall";
@@ -52,6 +55,17 @@ int main(int argc, char** argv) {
     std::fflush(stderr);
     raise(mode == "kill" ? SIGKILL : SIGSTOP);
   };
+  if (mode == "stuck_cleanup") {
+    // Nobody else aborts the job (the others sleep, in no collective): only rank 1's own alarm can end it.
+    if (rank == 1) {
+      auto mpi = std::dynamic_pointer_cast<hybridmoe::MpiCommunicator>((*ctx)->world_group());
+      mpi->Fail("test failure:", "with a cleanup that never returns", [] {
+        for (;;) pause();
+      });
+    }
+    std::this_thread::sleep_for(std::chrono::seconds(90));
+    return 0;
+  }
   for (int step = 0; step < 5; ++step) {
     fail_here("alltoall", step);
     const at::Tensor x = at::randn({4, 8}).requires_grad_(true);
