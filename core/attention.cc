@@ -96,11 +96,19 @@ void AttentionImpl::reset_parameters(const InitPlan& plan, const std::string& pr
   if (head_scale.defined()) head_scale.fill_(1.0);
 }
 
+void AttentionImpl::set_compute_copies(ComputeCopies* copies) {
+  compute_copies = copies;
+  if (copies == nullptr) return;
+  copies->AddGroup({wq, wk, wv});
+  copies->AddGroup({wo});
+}
+
 at::Tensor AttentionImpl::forward(const at::Tensor& x_BSD) {
   TraceScope scope(trace::kAttention);
   const int64_t B = x_BSD.size(0), S = x_BSD.size(1), D = options.d_model, H = options.n_heads, hd = D / H;
   // One GEMM for q, k and v (x read once; in backward one GEMM for dx instead of three and two sums).
-  const at::Tensor qkv = at::matmul(x_BSD, at::cat({wq, wk, wv}, 0).t());  // [B, S, 3D]
+  const at::Tensor w_qkv = compute_copies != nullptr ? compute_copies->Get(wq) : at::cat({wq, wk, wv}, 0);
+  const at::Tensor qkv = at::matmul(x_BSD, w_qkv.t());  // [B, S, 3D]
   auto split = [&](int64_t i, Norm& norm) {
     at::Tensor y = qkv.narrow(-1, i * D, D);
     if (!norm.is_empty() && !options.per_head_norm) y = norm(y);
@@ -116,8 +124,8 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x_BSD) {
   k = Rotate(k, cos, sin).transpose(1, 2);
   v = v.transpose(1, 2);
   at::Tensor out = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/true);
-  if (head_scale.defined()) out = out * head_scale.view({1, H, 1, 1});
-  return at::matmul(out.transpose(1, 2).reshape({B, S, D}), wo.t());
+  if (head_scale.defined()) out = out * head_scale.view({1, H, 1, 1}).to(out.scalar_type());
+  return at::matmul(out.transpose(1, 2).reshape({B, S, D}), ComputeWeight(compute_copies, wo).t());
 }
 
 }  // namespace hybridmoe

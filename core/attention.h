@@ -18,6 +18,7 @@
 
 #include "core/init.h"
 #include "core/norm.h"
+#include "core/precision.h"
 
 namespace hybridmoe {
 
@@ -46,11 +47,14 @@ class AttentionImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& x_BSD);
   // `prefix` is this module's name in the model (for per-parameter init seeds).
   void reset_parameters(const InitPlan& plan, const std::string& prefix);
+  // Mixed precision (core/precision.h): registers {wq, wk, wv} and {wo} with `copies` and computes with them.
+  void set_compute_copies(ComputeCopies* copies);
 
   AttentionOptions options;
   at::Tensor wq, wk, wv, wo;  // [D, D] each, y = x W^T
   Norm q_norm{nullptr}, k_norm{nullptr}, v_norm{nullptr};
-  at::Tensor head_scale;  // [H], NormFormer only
+  at::Tensor head_scale;                    // [H], NormFormer only
+  ComputeCopies* compute_copies = nullptr;  // not owned; null: fp32
 
  private:
   // The first seq_len rows of the RoPE buffers, grown on the buffers' device when too short.

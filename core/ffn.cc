@@ -10,7 +10,7 @@ at::Tensor swiglu(const at::Tensor& x, const at::Tensor& w_gate, const at::Tenso
   if (hidden_norm_weight.defined()) {
     // Per-expert NormFormer norms are RMS or LayerNorm without bias (one weight row per expert).
     h = kind == NormKind::kRms ? rms_norm(h, hidden_norm_weight, eps)
-                               : at::layer_norm(h, {h.size(-1)}, hidden_norm_weight, {}, eps);
+                               : layer_norm(h, hidden_norm_weight, at::Tensor(), eps);
   }
   return at::matmul(h, w_down.t());
 }
@@ -34,11 +34,19 @@ void FeedForwardImpl::reset_parameters(const InitPlan& plan, const std::string& 
   if (!hidden_norm.is_empty()) hidden_norm->reset_parameters();
 }
 
+void FeedForwardImpl::set_compute_copies(ComputeCopies* copies) {
+  compute_copies = copies;
+  if (copies == nullptr) return;
+  for (const at::Tensor& w : {w_gate, w_up, w_down}) copies->AddGroup({w});
+}
+
 at::Tensor FeedForwardImpl::forward(const at::Tensor& x) {
   TraceScope scope(trace::kDenseFfn);
-  if (hidden_norm.is_empty()) return swiglu(x, w_gate, w_up, w_down);
-  at::Tensor h = at::silu(at::matmul(x, w_gate.t())) * at::matmul(x, w_up.t());
-  return at::matmul(hidden_norm(h), w_down.t());
+  const at::Tensor &gate = ComputeWeight(compute_copies, w_gate), &up = ComputeWeight(compute_copies, w_up),
+                   &down = ComputeWeight(compute_copies, w_down);
+  if (hidden_norm.is_empty()) return swiglu(x, gate, up, down);
+  at::Tensor h = at::silu(at::matmul(x, gate.t())) * at::matmul(x, up.t());
+  return at::matmul(hidden_norm(h), down.t());
 }
 
 }  // namespace hybridmoe

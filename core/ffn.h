@@ -12,6 +12,7 @@
 
 #include "core/init.h"
 #include "core/norm.h"
+#include "core/precision.h"
 
 namespace hybridmoe {
 
@@ -32,10 +33,13 @@ class FeedForwardImpl : public torch::nn::Module {
   explicit FeedForwardImpl(const FeedForwardOptions& options);
   at::Tensor forward(const at::Tensor& x);
   void reset_parameters(const InitPlan& plan, const std::string& prefix);
+  // Mixed precision (core/precision.h): registers w_gate, w_up and w_down with `copies` and computes with them.
+  void set_compute_copies(ComputeCopies* copies);
 
   FeedForwardOptions options;
   at::Tensor w_gate, w_up, w_down;
   Norm hidden_norm{nullptr};
+  ComputeCopies* compute_copies = nullptr;  // not owned; null: fp32
 };
 TORCH_MODULE(FeedForward);
 

@@ -9,11 +9,11 @@ at::Tensor at_least_fp32(const at::Tensor& x) {
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   const at::Tensor x32 = at_least_fp32(x);
   const at::Tensor normed = x32 * at::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps);
-  return weight * normed.to(x.scalar_type());
+  return (weight * normed).to(x.scalar_type());
 }
 
 at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps) {
-  return at::layer_norm(x, {x.size(-1)}, weight, bias, eps);
+  return at::layer_norm(at_least_fp32(x), {x.size(-1)}, weight, bias, eps).to(x.scalar_type());
 }
 
 NormImpl::NormImpl(const NormOptions& options) : options(options) {

@@ -1,8 +1,8 @@
 // Normalisation layers (docs/formulas.md sections 1.1-1.2).
 //
-// RMSNorm:   y = g * x / sqrt(mean(x^2) + eps), statistics in fp32 over the last dim, the normalised
-//            value cast back to the input dtype before the multiply by g. No bias.
-// LayerNorm: y = g * (x - mu) / sqrt(var + eps) + b.
+// RMSNorm:   y = g * x / sqrt(mean(x^2) + eps), statistics and the multiply by g in fp32 (at least), the
+//            result cast once to the input dtype (bf16 activations stay bf16). No bias.
+// LayerNorm: y = g * (x - mu) / sqrt(var + eps) + b, in fp32 (at least), cast once to the input dtype.
 // The kind is a config choice independent of where norms sit (models/block.h decides that).
 // Parameter names ("weight", "bias") are checkpoint keys.
 #pragma once

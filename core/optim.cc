@@ -48,6 +48,10 @@ void AdamW::step(double lr) {
     const std::vector<at::Tensor> steps(p.size(), step);
     at::_fused_adamw_(p, g, m, v, /*max_exp_avg_sqs=*/{}, steps, lr, b1, b2, options_.weight_decay, options_.eps,
                       /*amsgrad=*/false, /*maximize=*/false);
+    // The fused kernel does not bump the parameters' version counters (as of torch 2.11); do it, so that
+    // whatever keys on them (the bf16 compute copies of core/precision.h, autograd's saved-tensor check)
+    // sees the update.
+    for (at::Tensor& param : p) param.unsafeGetTensorImpl()->bump_version();
   }
 }
 

@@ -77,7 +77,7 @@ namespace {
 
 at::Tensor ApplySubLayer(SubLayerForm form, const at::Tensor& x, const std::function<at::Tensor(const at::Tensor&)>& f,
                          Norm& in_norm, Norm& out_norm, double alpha, const at::Tensor& branch_scale) {
-  auto scaled = [&](const at::Tensor& y) { return branch_scale.defined() ? y * branch_scale : y; };
+  auto scaled = [&](const at::Tensor& y) { return branch_scale.defined() ? y * branch_scale.to(y.scalar_type()) : y; };
   switch (form) {
     case SubLayerForm::kPre: return x + scaled(f(in_norm(x)));
     case SubLayerForm::kPost: return out_norm(x + f(x));
@@ -139,6 +139,12 @@ void TransformerBlockImpl::reset_parameters(const InitPlan& plan, const std::str
   }
   at::NoGradGuard no_grad;
   if (ffn_residual_scale.defined()) ffn_residual_scale.fill_(1.0);
+}
+
+void TransformerBlockImpl::set_compute_copies(ComputeCopies* copies) {
+  attn->set_compute_copies(copies);
+  if (!ffn.is_empty()) ffn->set_compute_copies(copies);
+  if (!moe.is_empty()) moe->experts->set_compute_copies(copies);
 }
 
 BlockOutput TransformerBlockImpl::forward(const at::Tensor& x_BSD) {

@@ -90,6 +90,8 @@ class TransformerBlockImpl : public torch::nn::Module {
   explicit TransformerBlockImpl(const BlockOptions& options);
   BlockOutput forward(const at::Tensor& x_BSD);
   void reset_parameters(const InitPlan& plan, const std::string& prefix);
+  // Mixed precision: the attention's, FFN's or experts' GEMM weights compute from `copies` (core/precision.h).
+  void set_compute_copies(ComputeCopies* copies);
 
   BlockOptions options;
   BlockLayout layout;

@@ -2,7 +2,6 @@
 
 #include <cmath>
 
-#include <ATen/autocast_mode.h>
 #include <ATen/core/grad_mode.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -11,40 +10,25 @@ namespace hybridmoe {
 
 namespace {
 
-// bf16 autocast for a model on a GPU (docs/formulas.md sections 1.3, 7.3): matmuls and attention run in bf16 while
-// parameters, gradients and optimizer state stay fp32; norm statistics, the router softmax and the losses
-// stay fp32 (at_least_fp32). A no-op on the CPU and when the caller already enabled autocast.
-class CudaAutocast {
- public:
-  explicit CudaAutocast(bool enable) : enabled_(enable && !at::autocast::is_autocast_enabled(at::kCUDA)) {
-    if (!enabled_) return;
-    previous_dtype_ = at::autocast::get_autocast_dtype(at::kCUDA);
-    at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
-    at::autocast::set_autocast_enabled(at::kCUDA, true);
-    at::autocast::increment_nesting();
-  }
-  ~CudaAutocast() {
-    if (!enabled_) return;
-    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-    at::autocast::set_autocast_enabled(at::kCUDA, false);
-    at::autocast::set_autocast_dtype(at::kCUDA, previous_dtype_);
-  }
-
- private:
-  bool enabled_;
-  at::ScalarType previous_dtype_ = at::kBFloat16;
-};
+// The tensors a block's forward reads as weights: its parameters, with the compute copies in their place under
+// mixed precision.
+std::vector<at::Tensor> BlockLeaves(TransformerBlockImpl& block, const ComputeCopies* copies) {
+  std::vector<at::Tensor> params = block.parameters();
+  return copies != nullptr ? copies->Leaves(params) : params;
+}
 
 // Activation checkpointing: forward runs the block without recording a graph and keeps only its input;
 // backward runs the block again with grad enabled (router statistics not counted twice) and
 // backpropagates through that recomputation to the input and the block's parameters.
 class CheckpointedBlock : public torch::autograd::Function<CheckpointedBlock> {
  public:
+  // `params`: BlockLeaves(block, copies), the tensors the block's forward reads (gradients go to them).
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
-                                                at::TensorList params, TransformerBlockImpl* block) {
+                                                at::TensorList params, TransformerBlockImpl* block,
+                                                ComputeCopies* copies) {
     ctx->save_for_backward({x});
     ctx->saved_data["block"] = reinterpret_cast<int64_t>(block);
-    ctx->saved_data["autocast"] = at::autocast::is_autocast_enabled(at::kCUDA);
+    ctx->saved_data["copies"] = reinterpret_cast<int64_t>(copies);
     const BlockOutput b = block->forward(x);
     return b.lb_loss.defined() ? torch::autograd::variable_list{b.x, b.lb_loss, b.z_loss}
                                : torch::autograd::variable_list{b.x};
@@ -53,13 +37,13 @@ class CheckpointedBlock : public torch::autograd::Function<CheckpointedBlock> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     auto* block = reinterpret_cast<TransformerBlockImpl*>(ctx->saved_data["block"].toInt());
+    auto* copies = reinterpret_cast<ComputeCopies*>(ctx->saved_data["copies"].toInt());
     const at::Tensor x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
     const bool collect = !block->moe.is_empty() && block->moe->collect_stats;
     if (collect) block->moe->collect_stats = false;
     BlockOutput b;
     {
       at::AutoGradMode grad_mode(true);
-      CudaAutocast autocast(ctx->saved_data["autocast"].toBool());  // backward threads start without it
       b = block->forward(x);
     }
     if (collect) block->moe->collect_stats = true;
@@ -72,10 +56,11 @@ class CheckpointedBlock : public torch::autograd::Function<CheckpointedBlock> {
       }
     }
     torch::autograd::variable_list inputs = {x};
-    for (const at::Tensor& p : block->parameters()) inputs.push_back(p);
+    for (const at::Tensor& p : BlockLeaves(*block, copies)) inputs.push_back(p);
     torch::autograd::variable_list result = torch::autograd::grad(outputs, inputs, grad_outputs, /*retain_graph=*/false,
                                                                   /*create_graph=*/false, /*allow_unused=*/true);
     result.emplace_back();  // the block pointer
+    result.emplace_back();  // the copies pointer
     return result;
   }
 };
@@ -195,16 +180,26 @@ std::vector<MoeLayer> TransformerImpl::moe_layers() const {
   return layers;
 }
 
+void TransformerImpl::set_compute_dtype(at::ScalarType dtype) {
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "compute dtype must be float32 or bfloat16, not ", dtype);
+  compute_copies_ = dtype == at::kFloat ? nullptr : std::make_shared<ComputeCopies>(dtype);
+  ComputeCopies* copies = compute_copies_.get();
+  for (auto& block : blocks) block->set_compute_copies(copies);
+  if (copies != nullptr) copies->AddGroup({lm_head});
+}
+
 ModelOutput TransformerImpl::forward(const at::Tensor& tokens_BS, const at::Tensor& targets_BS) {
-  CudaAutocast autocast(embed.is_cuda());
-  at::Tensor x = at::embedding(embed, tokens_BS);
+  ComputeCopies* copies = compute_copies_.get();
+  if (copies != nullptr) copies->Refresh();  // a no-op unless an optimizer step or a load changed the masters
+  // The lookup reads the fp32 table (its gradient, a scatter-add of many rows, accumulates in fp32).
+  at::Tensor x = ToComputeDtype(copies, at::embedding(embed, tokens_BS));
   std::vector<at::Tensor> lb, z;
   const bool checkpoint = options.activation_checkpointing && at::GradMode::is_enabled();
   for (auto& block : blocks) {
     BlockOutput b;
     if (checkpoint) {
-      const std::vector<at::Tensor> params = block->parameters();
-      const torch::autograd::variable_list y = CheckpointedBlock::apply(x, at::TensorList(params), block.get());
+      const std::vector<at::Tensor> params = BlockLeaves(*block, copies);
+      const torch::autograd::variable_list y = CheckpointedBlock::apply(x, at::TensorList(params), block.get(), copies);
       b.x = y[0];
       if (y.size() == 3) {
         b.lb_loss = y[1];
@@ -220,7 +215,7 @@ ModelOutput TransformerImpl::forward(const at::Tensor& tokens_BS, const at::Tens
     }
   }
   ModelOutput out;
-  out.logits = at::matmul(final_norm(x), lm_head.t());
+  out.logits = at::matmul(final_norm(x), ComputeWeight(copies, lm_head).t());
   if (!targets_BS.defined()) return out;
   out.lm_loss =
       at::cross_entropy_loss(at_least_fp32(out.logits.reshape({-1, options.vocab_size})), targets_BS.reshape({-1}));

@@ -4,8 +4,12 @@
 // outside by swapping each MoE layer's dispatcher (parallel/).
 // TransformerOptionsFromConfig is the one place where the config proto becomes module options.
 // Parameter names are checkpoint keys: embed, blocks.<i>.<...>, final_norm.weight, lm_head.
-// On a GPU, forward runs under bf16 autocast (fp32 parameters, gradients and losses); on the CPU in the
-// parameters' dtype. activation_checkpointing keeps only each block's input and recomputes it in backward.
+// Precision (core/precision.h, docs/formulas.md section 10): fp32 by default; set_compute_dtype(kBFloat16)
+// keeps the parameters fp32 masters and computes the GEMMs, attention and the activations between them in bf16
+// from one bf16 copy of the GEMM weights per optimizer step, on the CPU and CUDA alike; the embedding lookup,
+// norm statistics, router, losses stay fp32. After each backward, accumulate_compute_grads() moves the copies'
+// gradients into the masters' .grad (the trainer does this). activation_checkpointing keeps only each
+// block's input and recomputes it in backward.
 #pragma once
 
 #include <string>
@@ -17,6 +21,7 @@
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/pimpl.h>
 
+#include "core/precision.h"
 #include "models/block.h"
 #include "proto/config.pb.h"
 
@@ -70,12 +75,24 @@ class TransformerImpl : public torch::nn::Module {
   ModelOutput forward(const at::Tensor& tokens_BS, const at::Tensor& targets_BS = {});
   void reset_parameters(uint64_t seed);
   std::vector<MoeLayer> moe_layers() const;
+  // kFloat: fp32 throughout (the default); kBFloat16: mixed precision (see the top of this file). Call after
+  // the experts are sharded and the model is on its device.
+  void set_compute_dtype(at::ScalarType dtype);
+  at::ScalarType compute_dtype() const { return compute_copies_ ? compute_copies_->dtype() : at::kFloat; }
+  // Adds the compute copies' gradients to the fp32 parameters' .grad (no-op in fp32); after every backward.
+  void accumulate_compute_grads() {
+    if (compute_copies_) compute_copies_->AccumulateGrads();
+  }
+  ComputeCopies* compute_copies() const { return compute_copies_.get(); }
 
   TransformerOptions options;
   at::Tensor embed;                      // [V, D]
   std::vector<TransformerBlock> blocks;  // also registered under "blocks" (a ModuleList)
   Norm final_norm{nullptr};
   at::Tensor lm_head;  // [V, D]
+
+ private:
+  std::shared_ptr<ComputeCopies> compute_copies_;  // null in fp32
 };
 TORCH_MODULE(Transformer);
 

@@ -1,6 +1,5 @@
 #include "moe/experts.h"
 
-#include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 namespace hybridmoe {
@@ -109,21 +108,27 @@ void GroupedExpertsImpl::reset_parameters(const InitPlan& plan, const std::strin
   if (hidden_norm_bias.defined()) hidden_norm_bias.zero_();
 }
 
+void GroupedExpertsImpl::set_compute_copies(ComputeCopies* copies) {
+  compute_copies = copies;
+  if (copies == nullptr) return;
+  for (const at::Tensor& w : {w_gate, w_up, w_down}) copies->AddGroup({w});
+}
+
 at::Tensor GroupedExpertsImpl::forward(const at::Tensor& x_SD, const std::vector<int64_t>& counts) {
   TORCH_CHECK(static_cast<int64_t>(counts.size()) == options.num_local_experts, "expected ", options.num_local_experts,
               " expert counts, got ", counts.size());
   int64_t rows = 0;
   for (const int64_t c : counts) rows += c;
   TORCH_CHECK(rows == x_SD.size(0), "expert counts sum to ", rows, " but x_SD has ", x_SD.size(0), " rows");
-  // Autocast (CUDA bf16) casts per op, which the hand-written path's out= GEMMs bypass: keep autograd there.
-  const bool autocast = at::autocast::is_autocast_enabled(x_SD.device().type());
-  if (!hidden_norm.defined() && !autocast && x_SD.scalar_type() == w_gate.scalar_type()) {
-    return GroupedSwiGlu::apply(x_SD, w_gate, w_up, w_down, counts);
-  }
-  // NormFormer's per-expert hidden norm (and autocast): the same GEMM chain through autograd.
+  const at::Tensor &w_gate_EFD = ComputeWeight(compute_copies, w_gate), &w_up_EFD = ComputeWeight(compute_copies, w_up),
+                   &w_down_EDF = ComputeWeight(compute_copies, w_down);
+  TORCH_CHECK(x_SD.scalar_type() == w_gate_EFD.scalar_type(), "experts: rows are ", x_SD.scalar_type(),
+              " but the expert weights compute in ", w_gate_EFD.scalar_type());
+  if (!hidden_norm.defined()) return GroupedSwiGlu::apply(x_SD, w_gate_EFD, w_up_EFD, w_down_EDF, counts);
+  // NormFormer's per-expert hidden norm: the same GEMM chain through autograd.
   // unbind/split: their backward is one stack/cat, not one full-size scatter per expert.
   const std::vector<at::Tensor> x_e = x_SD.split_with_sizes(counts, 0);
-  const std::vector<at::Tensor> gate = w_gate.unbind(0), up = w_up.unbind(0), down = w_down.unbind(0);
+  const std::vector<at::Tensor> gate = w_gate_EFD.unbind(0), up = w_up_EFD.unbind(0), down = w_down_EDF.unbind(0);
   std::vector<at::Tensor> norm_w, norm_b;
   if (hidden_norm.defined()) norm_w = hidden_norm.unbind(0);
   if (hidden_norm_bias.defined()) norm_b = hidden_norm_bias.unbind(0);
@@ -134,7 +139,7 @@ at::Tensor GroupedExpertsImpl::forward(const at::Tensor& x_SD, const std::vector
     at::Tensor h = at::silu(at::mm(x_e[e], gate[e].t())) * at::mm(x_e[e], up[e].t());
     if (!norm_w.empty()) {
       h = options.norm_kind == NormKind::kRms ? rms_norm(h, norm_w[e], options.eps)
-                                              : at::layer_norm(h, {h.size(-1)}, norm_w[e], norm_b[e], options.eps);
+                                              : layer_norm(h, norm_w[e], norm_b[e], options.eps);
     }
     y_e.push_back(at::mm(h, down[e].t()));
   }

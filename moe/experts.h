@@ -17,6 +17,7 @@
 
 #include "core/init.h"
 #include "core/norm.h"
+#include "core/precision.h"
 
 namespace hybridmoe {
 
@@ -36,9 +37,12 @@ class GroupedExpertsImpl : public torch::nn::Module {
   // x_SD rows grouped by local expert, counts[e] rows for expert e (sum = S). Returns y_SD.
   at::Tensor forward(const at::Tensor& x_SD, const std::vector<int64_t>& counts);
   void reset_parameters(const InitPlan& plan, const std::string& prefix);
+  // Mixed precision (core/precision.h): registers w_gate, w_up and w_down with `copies` and computes with them.
+  void set_compute_copies(ComputeCopies* copies);
 
   ExpertsOptions options;
   at::Tensor w_gate, w_up, w_down;
+  ComputeCopies* compute_copies = nullptr;   // not owned; null: fp32
   at::Tensor hidden_norm, hidden_norm_bias;  // NormFormer only ([E_local, F]; bias for LayerNorm)
 };
 TORCH_MODULE(GroupedExperts);

@@ -75,7 +75,8 @@ MoeOutput MoeLayerImpl::forward(const at::Tensor& x_TD) {
   const int64_t T = x_TD.size(0), E = options.num_experts, K = options.top_k;
   std::optional<TraceScope> scope;  // core/trace.h: one region per phase, for profilers and tools/bench
   scope.emplace(trace::kRouter);
-  at::Tensor logits_TE = at::matmul(x_TD, router.t());
+  // fp32 router (also with bf16 activations): logits, softmax, top-k and both losses.
+  at::Tensor logits_TE = at::matmul(at_least_fp32(x_TD), router.t());
   if (router_logit_bias.defined()) logits_TE = logits_TE + router_logit_bias.to(logits_TE.scalar_type());
   const Routing r = route(logits_TE, K, options.normalize_topk);
   scope.reset();

@@ -96,9 +96,31 @@ at::Tensor AllToAllDispatcher::dispatch(const at::Tensor& x_SD, const std::vecto
   const int P = ep_->size(), me = ep_->rank();
   const int64_t L = num_local_;
   const auto start = std::chrono::steady_clock::now();
-  // recv_PL[p*L + l]: rows peer p sends for local expert l.
-  const std::vector<int64_t> recv_PL = ep_->AllToAllCounts(counts_E, Label("exchange of expert counts"));
+  // Each peer's block of the counts exchange: its L expert counts, then the payload's dtype and row width, so
+  // that every rank checks that all send rows of one element size (a rank must never post receives for bf16
+  // rows while a peer sends fp32, or the byte counts disagree).
+  const int64_t width = x_SD.dim() >= 2 ? x_SD.size(1) : 0;
+  const int64_t dtype = static_cast<int64_t>(x_SD.scalar_type());
+  std::vector<int64_t> send_PN;
+  send_PN.reserve(P * (L + 2));
+  for (int p = 0; p < P; ++p) {
+    send_PN.insert(send_PN.end(), counts_E.begin() + p * L, counts_E.begin() + (p + 1) * L);
+    send_PN.push_back(dtype);
+    send_PN.push_back(width);
+  }
+  const std::vector<int64_t> recv_PN = ep_->AllToAllCounts(send_PN, Label("exchange of expert counts"));
   counters.exchange_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  // recv_PL[p*L + l]: rows peer p sends for local expert l.
+  std::vector<int64_t> recv_PL(P * L);
+  for (int p = 0; p < P; ++p) {
+    const int64_t* block = recv_PN.data() + p * (L + 2);
+    std::copy(block, block + L, recv_PL.begin() + p * L);
+    TORCH_CHECK(block[L] == dtype && block[L + 1] == width, Label("dispatch"), ": EP rank ", p, " sends ",
+                c10::toString(static_cast<at::ScalarType>(block[L])), " rows of width ", block[L + 1], " but EP rank ",
+                me, " sends ", x_SD.scalar_type(), " rows of width ", width,
+                " (every rank of an expert-parallel group must compute in one precision)");
+  }
+  dispatch_dtype_ = x_SD.scalar_type();
 
   // Rows of expert p*L + l: a block of x_SD (grouped by global expert) sent to peer p, received into local
   // expert l's region at the place of peer p (grouped by local expert, then by source rank). No regrouping
@@ -137,6 +159,8 @@ at::Tensor AllToAllDispatcher::combine(const at::Tensor& y_RD) {
     for (const RowBlock& b : blocks) R += b.rows;
   }
   TORCH_CHECK(y_RD.size(0) == R, "combine: expected ", R, " expert output rows, got ", y_RD.size(0));
+  TORCH_CHECK(y_RD.scalar_type() == dispatch_dtype_, Label("combine"), ": the experts returned ", y_RD.scalar_type(),
+              " rows but dispatch exchanged ", dispatch_dtype_, " (peers would receive a different element size)");
   at::Tensor y = y_RD;
   // Experts that got no rows return a tensor outside the graph; keep it connected so that this rank's
   // backward still runs both reverse exchanges that its peers run.

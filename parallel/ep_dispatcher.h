@@ -4,9 +4,10 @@
 // S slots this rank routed, R rows this rank's experts receive, D width.
 // dispatch(x_SD, counts_E): x_SD is grouped by global expert; the rows of expert e go to ep rank e / L, so
 // peer p gets the contiguous rows of experts [p*L, (p+1)*L). Per-(peer, local expert) counts are exchanged
-// first (every rank, every call, even with zero rows), then the rows (an autograd function whose backward
-// is the reverse exchange). Each (peer, local expert) block is received straight into its place in the
-// layout GroupedExperts wants: by LOCAL expert, then by source rank (local_counts[l] = rows for local
+// first (every rank, every call, even with zero rows) together with the rows' dtype and width, which every
+// rank checks against its own (one element size per exchange, also for a rank with zero rows), then the rows (an
+// autograd function whose backward is the reverse exchange). Each (peer, local expert) block is received straight into
+// its place in the layout GroupedExperts wants: by LOCAL expert, then by source rank (local_counts[l] = rows for local
 // expert l from all peers), so no regrouping copy is made. combine(y_RD) sends the expert outputs back
 // block by block into x_SD's layout.
 // Gradients: the backward exchange delivers every EP peer's output gradient to the owning rank, so an
@@ -60,9 +61,10 @@ class AllToAllDispatcher : public TokenDispatcher, public std::enable_shared_fro
   std::function<void(double)> Timer();  // adds an exchange's seconds to counters
 
   // State of the last dispatch(), used by combine().
-  BlocksPerPeer send_P_, recv_P_;  // blocks of x_SD sent to each peer / of the local rows received from it
-  int64_t slots_ = 0;              // x_SD's rows
-  at::Tensor dispatched_;          // dispatch()'s output while it needs a gradient (see combine())
+  BlocksPerPeer send_P_, recv_P_;               // blocks of x_SD sent to each peer / of the local rows received from it
+  int64_t slots_ = 0;                           // x_SD's rows
+  at::ScalarType dispatch_dtype_ = at::kFloat;  // x_SD's dtype, agreed by every rank at dispatch()
+  at::Tensor dispatched_;                       // dispatch()'s output while it needs a gradient (see combine())
 };
 
 }  // namespace hybridmoe

@@ -2,11 +2,13 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <optional>
 
 #include <ATen/Context.h>
 #include <ATen/core/grad_mode.h>
+#include <ATen/cpu/Utils.h>
 
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
@@ -21,6 +23,28 @@ using Clock = std::chrono::steady_clock;
 double Seconds(Clock::time_point since) { return std::chrono::duration<double>(Clock::now() - since).count(); }
 
 }  // namespace
+
+bool CpuHasBf16MatrixUnits() {
+  const auto caps = at::cpu::get_cpu_capabilities();
+  auto has = [&](const char* key) {
+    const auto it = caps.find(key);
+    return it != caps.end() && it->second.isBool() && it->second.toBool();
+  };
+  return has("amx_bf16") || has("avx512_bf16");
+}
+
+at::ScalarType ComputeDtype(const TrainConfig& config, const at::Device& device, bool report) {
+  if (config.train().precision() != TrainRunConfig::BF16) return at::kFloat;
+  if (device.is_cpu() && !CpuHasBf16MatrixUnits()) {
+    if (report) {
+      std::fprintf(stderr,
+                   "train.precision BF16: this CPU has neither AMX-BF16 nor AVX512-BF16 (bf16 GEMMs would be "
+                   "emulated, slower than fp32); training in FP32\n");
+    }
+    return at::kFloat;
+  }
+  return at::kBFloat16;
+}
 
 absl::StatusOr<at::Device> TrainingDevice(const TrainConfig& config, const ParallelContext& ctx) {
   const int count = at::hasCUDA() ? static_cast<int>(at::getNumGPUs()) : 0;
@@ -40,6 +64,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
   ctx.ShardExperts(t->model_);
   t->model_->reset_parameters(config.train().seed());  // on the CPU: the same initial weights on every device
   t->model_->to(device);
+  t->model_->set_compute_dtype(ComputeDtype(config, device, ctx.rank() == 0));
   std::vector<std::pair<std::string, at::Tensor>> named;
   for (const auto& item : t->model_->named_parameters()) {
     named.emplace_back(item.key(), item.value());
@@ -78,6 +103,7 @@ StepResult Trainer::Step(int64_t step, const std::vector<Batch>& micro_batches, 
     {
       TraceScope scope(trace::kBackward);
       (out.loss / accum).backward();
+      model_->accumulate_compute_grads();  // bf16 copies' gradients into the fp32 masters' .grad
     }
     // One device-to-host copy for the four terms (one sync on a GPU, not four).
     std::vector<at::Tensor> terms;

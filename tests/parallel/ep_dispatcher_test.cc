@@ -8,6 +8,7 @@
 
 #include <gtest/gtest.h>
 
+#include "core/precision.h"
 #include "moe/moe_layer.h"
 #include "tests/parallel/mpi_gtest_main.h"
 
@@ -138,6 +139,54 @@ TEST(AllToAllDispatcher, MatchesSingleProcessLayer) { RunCase({"random routing"}
 TEST(AllToAllDispatcher, ExpertsAndRanksWithZeroTokens) { RunCase({"starved", /*starve=*/true}); }
 TEST(AllToAllDispatcher, CapacityDrops) { RunCase({"capacity 1.0", false, /*capacity_factor=*/1.0}); }
 TEST(AllToAllDispatcher, NormFormerHiddenNorm) { RunCase({"hidden norm", false, 0, /*hidden_norm=*/true}); }
+
+// bf16 compute (core/precision.h) with a rank whose experts get no rows: that rank's experts must return bf16
+// (zero) rows like its peers', so the exchange completes and the outputs match the fp32 layer to bf16 accuracy.
+TEST(AllToAllDispatcher, Bf16WithAStarvedRank) {
+  const int P = WorldSize(), me = WorldRank();
+  auto world = MpiCommunicator::World(60);
+  const MoeOptions options = Options({"starved bf16", /*starve=*/true}, P);
+  MoeLayer ref(options);
+  ref->reset_parameters(Plan(), "blocks.0.moe.");
+  MoeLayer ep(options);
+  ep->set_dispatcher(std::make_shared<AllToAllDispatcher>(world, kExperts, /*layer=*/0));
+  ep->reset_parameters(Plan(), "blocks.0.moe.");
+  ComputeCopies copies(at::kBFloat16);
+  ep->experts->set_compute_copies(&copies);
+  copies.Refresh();
+  auto [x, g] = Tokens(me);
+  const at::Tensor x_bf16 = x.to(at::kBFloat16).requires_grad_(true);
+  MoeOutput out = ep(x_bf16);
+  EXPECT_EQ(out.y_TD.scalar_type(), at::kBFloat16);
+  EXPECT_EQ(out.lb_loss.scalar_type(), at::kFloat) << "router losses stay fp32";
+  (out.y_TD.to(at::kFloat) * g).sum().backward();
+  copies.AccumulateGrads();
+  const at::Tensor want = ref(x.to(at::kBFloat16).to(at::kFloat)).y_TD.detach();
+  const double err = (out.y_TD.to(at::kFloat) - want).abs().max().item<double>();
+  EXPECT_LE(err, 2e-2 * std::max(1.0, want.abs().max().item<double>())) << "rank " << me;
+  EXPECT_EQ(x_bf16.grad().scalar_type(), at::kBFloat16);
+  ASSERT_TRUE(ep->experts->w_up.grad().defined() || me == 1);
+  if (ep->experts->w_up.grad().defined()) EXPECT_EQ(ep->experts->w_up.grad().scalar_type(), at::kFloat);
+}
+
+// One rank computing in bf16 while its peers send fp32 is refused by every rank at the counts exchange, with a
+// message naming both dtypes, instead of an exchange of mismatched byte counts.
+TEST(AllToAllDispatcher, MixedDtypesAcrossRanksAreRefused) {
+  const int me = WorldRank();
+  auto world = MpiCommunicator::World(60);
+  auto dispatcher = std::make_shared<AllToAllDispatcher>(world, kExperts, /*layer=*/5);
+  const at::Tensor x = at::ones({kExperts, kWidth}, me == 0 ? at::kBFloat16 : at::kFloat);
+  std::vector<int64_t> local_counts;
+  try {
+    dispatcher->dispatch(x, std::vector<int64_t>(kExperts, 1), local_counts);
+    ADD_FAILURE() << "rank " << me << ": mixed dtypes were not refused";
+  } catch (const c10::Error& e) {
+    const std::string message = e.what_without_backtrace();
+    EXPECT_NE(message.find("dispatch in layer 5"), std::string::npos) << message;
+    EXPECT_NE(message.find("BFloat16"), std::string::npos) << message;
+    EXPECT_NE(message.find("one precision"), std::string::npos) << message;
+  }
+}
 
 TEST(AllToAllDispatcher, ExchangeRowsBackwardIsTheReverseExchange) {
   // Rank r sends (r + p) % 2 + 1 rows to p; the gradient of sum(w * y) must come back to the sender rows.
