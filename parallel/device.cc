@@ -1,10 +1,36 @@
 #include "parallel/device.h"
 
+#include <cstdio>
+
+#include <ATen/cpu/Utils.h>
+
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include "absl/strings/str_cat.h"
 
 namespace hybridmoe {
+
+bool CpuHasBf16MatrixUnits() {
+  const auto caps = at::cpu::get_cpu_capabilities();
+  auto has = [&](const char* key) {
+    const auto it = caps.find(key);
+    return it != caps.end() && it->second.isBool() && it->second.toBool();
+  };
+  return has("amx_bf16") || has("avx512_bf16");
+}
+
+c10::ScalarType ComputeDtype(const TrainConfig& config, const c10::Device& device, bool report) {
+  if (config.train().precision() != TrainRunConfig::BF16) return at::kFloat;
+  if (device.is_cpu() && !CpuHasBf16MatrixUnits()) {
+    if (report) {
+      std::fprintf(stderr,
+                   "train.precision BF16: this CPU has neither AMX-BF16 nor AVX512-BF16 (bf16 GEMMs would be "
+                   "emulated, slower than fp32); training in FP32\n");
+    }
+    return at::kFloat;
+  }
+  return at::kBFloat16;
+}
 
 absl::StatusOr<c10::Device> ChooseDevice(ParallelConfig::Device configured, int local_rank, int local_size,
                                          int device_count) {

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
 
 #include "absl/status/statusor.h"
 #include "proto/config.pb.h"
@@ -21,5 +22,11 @@ absl::StatusOr<c10::Device> ChooseDevice(ParallelConfig::Device configured, int 
 // Makes `device` the current device of the calling thread (CUDA: cudaSetDevice through LibTorch's device guard
 // registry, so this compiles without CUDA headers); a no-op for the CPU.
 void SelectDevice(const c10::Device& device);
+
+// The compute dtype of train.precision on `device`: kFloat for FP32, kBFloat16 for BF16 except on a CPU without
+// bf16 matrix units (AMX-BF16 or AVX512-BF16), where BF16 falls back to kFloat with one line on stderr when
+// `report`.
+c10::ScalarType ComputeDtype(const TrainConfig& config, const c10::Device& device, bool report);
+bool CpuHasBf16MatrixUnits();
 
 }  // namespace hybridmoe

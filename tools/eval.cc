@@ -1,12 +1,14 @@
 // bazel-bin/tools/eval --checkpoint=DIR --data=TOKENS [--dtype=uint16|uint32] [--seq_len=N] [--batch_size=N]
-//                      [--max_batches=N] [--dump_logits=FILE.safetensors] [--threads=N]
+//                      [--max_batches=N] [--dump_logits=FILE.safetensors] [--threads=N] [--device=cpu|cuda]
+//                      [--precision=fp32|bf16]
 // Evaluates a model directory (config.textproto + model.safetensors, see models/weights.h) on a raw
 // little-endian token file: mean token cross-entropy and perplexity over contiguous windows (window w
 // predicts tokens w*S+1 .. w*S+S from tokens w*S .. w*S+S-1, so every token but the first is scored once).
 // Prints one human line and one JSON object on stdout. --dump_logits writes the first batch's input_ids
 // and targets [B,S], logits [B,S,V] and each MoE block's router logits (router_logits.<layer>, [B*S,E]).
 // Defaults: dtype, seq_len and batch size from the directory's config (data.dtype, data.seq_len,
-// data.micro_batch_size); every window when --max_batches is absent.
+// data.micro_batch_size); every window when --max_batches is absent; device and precision from the config's
+// parallel.device and train.precision (bf16 as in training: core/precision.h; the loss in fp32).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
@@ -21,6 +23,7 @@
 #include "core/safetensors.h"
 #include "core/status.h"
 #include "models/weights.h"
+#include "parallel/device.h"
 #include "tools/cli.h"
 
 namespace hybridmoe {
@@ -29,6 +32,7 @@ namespace {
 struct EvalOptions {
   std::string checkpoint, data, dump_logits;
   std::string dtype;                                      // "" = the config's
+  std::string device, precision;                          // "" = the config's
   int64_t seq_len = 0, batch_size = 0, max_batches = -1;  // 0 / -1 = the config's / all
 };
 
@@ -36,6 +40,25 @@ absl::Status Evaluate(const EvalOptions& o) {
   TrainConfig config;
   ASSIGN_OR_RETURN(Transformer model, LoadModelDir(o.checkpoint, &config));
   model->eval();
+  if (o.device == "cpu") {
+    config.mutable_parallel()->set_device(ParallelConfig::CPU);
+  } else if (o.device == "cuda") {
+    config.mutable_parallel()->set_device(ParallelConfig::CUDA);
+  } else if (!o.device.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("--device (", o.device, ") must be cpu or cuda"));
+  }
+  if (o.precision == "fp32") {
+    config.mutable_train()->set_precision(TrainRunConfig::FP32);
+  } else if (o.precision == "bf16") {
+    config.mutable_train()->set_precision(TrainRunConfig::BF16);
+  } else if (!o.precision.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("--precision (", o.precision, ") must be fp32 or bf16"));
+  }
+  const int gpus = at::hasCUDA() ? static_cast<int>(at::getNumGPUs()) : 0;
+  ASSIGN_OR_RETURN(const at::Device device, ChooseDevice(config.parallel().device(), 0, 1, gpus));
+  SelectDevice(device);
+  model->to(device);
+  model->set_compute_dtype(ComputeDtype(config, device, /*report=*/true));
   DataConfig::Dtype dtype = config.data().dtype();
   if (o.dtype == "uint16") {
     dtype = DataConfig::UINT16;
@@ -71,7 +94,8 @@ absl::Status Evaluate(const EvalOptions& o) {
     for (int64_t i = 0; i < count; ++i) {
       RETURN_IF_ERROR(tokens->Read((first + i) * S, S + 1, buf[i].data_ptr<int64_t>()));
     }
-    const at::Tensor inputs = buf.narrow(1, 0, S).contiguous(), targets = buf.narrow(1, 1, S).contiguous();
+    const at::Tensor inputs = buf.narrow(1, 0, S).contiguous().to(device),
+                     targets = buf.narrow(1, 1, S).contiguous().to(device);
     const bool dump = b == 0 && !o.dump_logits.empty();
     for (MoeLayer layer : moe_layers) layer->keep_router_logits = dump;
     const at::Tensor logits = model->forward(inputs).logits;
@@ -81,10 +105,11 @@ absl::Status Evaluate(const EvalOptions& o) {
     scored += count * S;
     windows_used += count;
     if (dump) {
-      std::map<std::string, at::Tensor> out = {{"input_ids", inputs}, {"targets", targets}, {"logits", logits}};
+      std::map<std::string, at::Tensor> out = {
+          {"input_ids", inputs.cpu()}, {"targets", targets.cpu()}, {"logits", logits.cpu()}};
       for (size_t i = 0; i < model->blocks.size(); ++i) {
         const MoeLayer& layer = model->blocks[i]->moe;
-        if (!layer.is_empty()) out[absl::StrCat("router_logits.", i)] = layer->last_router_logits;
+        if (!layer.is_empty()) out[absl::StrCat("router_logits.", i)] = layer->last_router_logits.cpu();
       }
       RETURN_IF_ERROR(WriteSafetensors(o.dump_logits, out, {{"checkpoint", o.checkpoint}, {"data", o.data}}));
     }
@@ -93,10 +118,17 @@ absl::Status Evaluate(const EvalOptions& o) {
   std::printf("eval: %s on %s: %lld tokens in %lld windows of %lld, loss %.6f, perplexity %.4f\n", o.checkpoint.c_str(),
               o.data.c_str(), static_cast<long long>(scored), static_cast<long long>(windows_used),
               static_cast<long long>(S), loss, std::exp(loss));
-  const nlohmann::json j = {
-      {"checkpoint", o.checkpoint},  {"data", o.data}, {"tokens", scored}, {"windows", windows_used},
-      {"batches", batches},          {"seq_len", S},   {"batch_size", B},  {"loss", loss},
-      {"perplexity", std::exp(loss)}};
+  const nlohmann::json j = {{"checkpoint", o.checkpoint},
+                            {"data", o.data},
+                            {"tokens", scored},
+                            {"windows", windows_used},
+                            {"batches", batches},
+                            {"seq_len", S},
+                            {"batch_size", B},
+                            {"loss", loss},
+                            {"perplexity", std::exp(loss)},
+                            {"device", device.str()},
+                            {"precision", model->compute_dtype() == at::kBFloat16 ? "bf16" : "fp32"}};
   std::printf("%s\n", j.dump().c_str());
   return absl::OkStatus();
 }
@@ -115,6 +147,8 @@ int main(int argc, char** argv) {
       {"max_batches", "stop after this many batches (default: all windows)"},
       {"dump_logits", "write the first batch's inputs, logits and router logits to this .safetensors file"},
       {"threads", "intra-op threads (default: all cores)"},
+      {"device", "cpu or cuda (default: the config's parallel.device)"},
+      {"precision", "fp32 or bf16 (default: the config's train.precision)"},
       {"help", "show this help", true},
   };
   int exit_code = 0;
@@ -130,6 +164,8 @@ int main(int argc, char** argv) {
   o.data = cl->Get("data");
   o.dtype = cl->Get("dtype");
   o.dump_logits = cl->Get("dump_logits");
+  o.device = cl->Get("device");
+  o.precision = cl->Get("precision");
   absl::Status status;
   // Flags left out keep the value already in *out.
   auto get = [&](const char* name, int64_t min, int64_t* out) {

@@ -2,13 +2,11 @@
 
 #include <chrono>
 #include <cmath>
-#include <cstdio>
 #include <limits>
 #include <optional>
 
 #include <ATen/Context.h>
 #include <ATen/core/grad_mode.h>
-#include <ATen/cpu/Utils.h>
 
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
@@ -23,28 +21,6 @@ using Clock = std::chrono::steady_clock;
 double Seconds(Clock::time_point since) { return std::chrono::duration<double>(Clock::now() - since).count(); }
 
 }  // namespace
-
-bool CpuHasBf16MatrixUnits() {
-  const auto caps = at::cpu::get_cpu_capabilities();
-  auto has = [&](const char* key) {
-    const auto it = caps.find(key);
-    return it != caps.end() && it->second.isBool() && it->second.toBool();
-  };
-  return has("amx_bf16") || has("avx512_bf16");
-}
-
-at::ScalarType ComputeDtype(const TrainConfig& config, const at::Device& device, bool report) {
-  if (config.train().precision() != TrainRunConfig::BF16) return at::kFloat;
-  if (device.is_cpu() && !CpuHasBf16MatrixUnits()) {
-    if (report) {
-      std::fprintf(stderr,
-                   "train.precision BF16: this CPU has neither AMX-BF16 nor AVX512-BF16 (bf16 GEMMs would be "
-                   "emulated, slower than fp32); training in FP32\n");
-    }
-    return at::kFloat;
-  }
-  return at::kBFloat16;
-}
 
 absl::StatusOr<at::Device> TrainingDevice(const TrainConfig& config, const ParallelContext& ctx) {
   const int count = at::hasCUDA() ? static_cast<int>(at::getNumGPUs()) : 0;

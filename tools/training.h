@@ -79,12 +79,6 @@ class Trainer {
   ScheduleOptions schedule_;
 };
 
-// The compute dtype of train.precision on `device`: kFloat for FP32, kBFloat16 for BF16 except on a CPU without
-// bf16 matrix units (AMX-BF16 or AVX512-BF16), where BF16 falls back to kFloat with one line on stderr when
-// `report`.
-at::ScalarType ComputeDtype(const TrainConfig& config, const at::Device& device, bool report);
-bool CpuHasBf16MatrixUnits();
-
 // The device a rank trains on: parallel.device, error when CUDA is asked for and none is usable.
 absl::StatusOr<at::Device> TrainingDevice(const TrainConfig& config, const ParallelContext& ctx);
 

@@ -35,6 +35,23 @@ assert abs(ours["perplexity"] - 2.718281828 ** ours["loss"]) < 1e-3 * ours["perp
 print("ok: eval loss %.6f (ppl %.2f) vs trainer val loss %.6f on the same windows: rel diff %.1e"
       % (ours["loss"], ours["perplexity"], val, rel))
 PY
+# --precision=bf16 (core/precision.h): the same windows within bf16 accuracy, and says so in its JSON; bad
+# --device / --precision values are one-line errors.
+"$EVAL" --checkpoint="$CK" --data="$T/val.bin" --batch_size=8 --precision=bf16 >"$T/eval_bf16.out" 2>"$T/eval.err" \
+  || { cat "$T/eval.err"; fail "eval bf16"; }
+python3 - "$T/eval.out" "$T/eval_bf16.out" <<'PY' || fail "eval bf16 vs fp32"
+import json, sys
+a, b = (json.loads([l for l in open(p) if l.startswith("{")][-1]) for p in sys.argv[1:3])
+assert a["precision"] == "fp32" and b["precision"] == "bf16" and a["device"] == b["device"] == "cpu", (a, b)
+rel = abs(a["loss"] - b["loss"]) / a["loss"]
+assert 0 < rel < 5e-3, (a["loss"], b["loss"], rel)
+print("ok: eval bf16 loss %.6f vs fp32 %.6f: rel diff %.1e" % (b["loss"], a["loss"], rel))
+PY
+for flag in "--device=tpu|--device (tpu) must be cpu or cuda" "--precision=fp16|--precision (fp16) must be fp32 or bf16"; do
+  "$EVAL" --checkpoint="$CK" --data="$T/val.bin" "${flag%%|*}" >/dev/null 2>"$T/err" && fail "${flag%%|*} accepted"
+  grep -qF -- "${flag#*|}" "$T/err" || { cat "$T/err"; fail "${flag%%|*}: message"; }
+done
+echo "ok: bad --device / --precision refused"
 expect_error() {  # NAME PATTERN CHECKPOINT_DIR
   "$EVAL" --checkpoint="$3" --data="$T/val.bin" >/dev/null 2>"$T/err"
   [[ $? != 0 ]] || fail "$1: accepted"
