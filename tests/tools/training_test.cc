@@ -2,13 +2,18 @@
 // micro-batches, the clip is the global-norm clip, a non-finite loss skips the update and leaves the weights
 // alone, lr = 0 moves nothing, and before_clip sees the unclipped gradients of the global mean loss.
 #include <cmath>
+#include <map>
+#include <mutex>
+#include <set>
 
 #include <ATen/ATen.h>
+#include <ATen/record_function.h>
 #include <gtest/gtest.h>
 
 #include "core/config.h"
 #include "core/optim.h"
 #include "parallel/context.h"
+#include "parallel/device.h"
 #include "tools/training.h"
 
 namespace hybridmoe {
@@ -113,6 +118,68 @@ TEST_F(TrainingTest, ZeroLearningRateLeavesTheWeightsAndScheduleSetsTheRate) {
   const StepResult c = (*t)->Step(5, {batch});
   EXPECT_DOUBLE_EQ(c.lr, LearningRate((*t)->schedule(), 5));
   EXPECT_NEAR(c.lr, 0.01 * (0.1 + 0.9 * 0.5), 1e-12);
+}
+
+// train.precision BF16: which ops see bf16. Every op of the step is observed (RecordFunction with inputs): the
+// GEMMs and attention run in bf16, while the router's softmax and top-k, the norm statistics, the losses'
+// reductions (cross-entropy, logsumexp), the gradient norm of the clip and AdamW see fp32 only; the masters,
+// their gradients and the optimizer moments stay fp32.
+// op name -> dtypes of its floating-point tensor inputs, filled by ObserveDtypes (a RecordFunction callback
+// is a plain function pointer).
+std::map<std::string, std::set<at::ScalarType>>& ObservedDtypes() {
+  static auto* seen = new std::map<std::string, std::set<at::ScalarType>>();
+  return *seen;
+}
+
+std::unique_ptr<at::ObserverContext> ObserveDtypes(const at::RecordFunction& fn) {
+  static std::mutex mu;
+  std::lock_guard<std::mutex> lock(mu);
+  auto& dtypes = ObservedDtypes()[fn.name()];
+  auto add = [&](const at::Tensor& x) {
+    if (x.defined() && x.is_floating_point()) dtypes.insert(x.scalar_type());
+  };
+  for (const c10::IValue& v : fn.inputs()) {
+    if (v.isTensor()) add(v.toTensor());
+    if (v.isTensorList()) {
+      for (const at::Tensor& x : v.toTensorVector()) add(x);
+    }
+  }
+  return nullptr;
+}
+
+TEST_F(TrainingTest, Bf16ComputesGemmsInBf16AndKeepsRouterNormsLossesAndReductionsInFp32) {
+  if (!CpuHasBf16MatrixUnits()) GTEST_SKIP() << "this CPU has no bf16 matrix units (BF16 falls back to FP32)";
+  for (const std::string norm : {"strategy: HYBRID_NORM kind: RMS", "strategy: NORMFORMER kind: LAYER"}) {
+    SCOPED_TRACE(norm);
+    const TrainConfig config =
+        SmallConfig("train { precision: BF16 } optim { grad_clip: 1.0 } model { norm { " + norm + " } }");
+    const char* norm_op = norm.find("RMS") != std::string::npos ? "aten::rsqrt" : "aten::native_layer_norm";
+    auto t = Trainer::Create(config, *ctx_);
+    ASSERT_TRUE(t.ok()) << t.status();
+    ASSERT_EQ((*t)->model()->compute_dtype(), at::kBFloat16);
+    ObservedDtypes().clear();
+    const at::CallbackHandle handle = at::addGlobalCallback(
+        at::RecordFunctionCallback(ObserveDtypes).needsInputs(true).scopes({at::RecordScope::FUNCTION}));
+    const StepResult r = (*t)->Step(0, {RandomBatch(4, 16, 256, 3)});
+    at::removeCallback(handle);
+    auto& seen = ObservedDtypes();
+    EXPECT_TRUE(r.updated && std::isfinite(r.loss));
+    auto dtypes = [&](const std::string& op) { return seen.count(op) ? seen[op] : std::set<at::ScalarType>{}; };
+    for (const char* op : {"aten::mm", "aten::_scaled_dot_product_flash_attention_for_cpu"}) {
+      EXPECT_TRUE(dtypes(op).count(at::kBFloat16)) << op << " did not run in bf16";
+    }
+    for (const char* op : {"aten::_softmax", "aten::topk", "aten::logsumexp", "aten::_log_softmax", norm_op,
+                           "aten::_foreach_norm", "aten::_fused_adamw_"}) {
+      EXPECT_TRUE(dtypes(op).count(at::kFloat)) << op << " did not run on fp32 inputs";
+      EXPECT_FALSE(dtypes(op).count(at::kBFloat16)) << op << " saw bf16";
+    }
+    for (const at::Tensor& p : (*t)->params()) {
+      EXPECT_EQ(p.scalar_type(), at::kFloat);
+      ASSERT_TRUE(p.grad().defined());
+      EXPECT_EQ(p.grad().scalar_type(), at::kFloat);
+    }
+    for (const auto& [name, m] : (*t)->optimizer().state()) EXPECT_EQ(m.scalar_type(), at::kFloat) << name;
+  }
 }
 
 }  // namespace
