@@ -29,6 +29,7 @@ APT_PACKAGES=(
   python3 python3-venv
   chromium slurm-wlm munge
   clang-format
+  patchelf  # tools/gpu/bundle.sh: the bundled binaries find their libraries through $ORIGIN
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
