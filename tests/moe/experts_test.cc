@@ -1,5 +1,5 @@
 // moe/experts.cc: the hand-written GroupedSwiGlu forward and backward (the path GroupedExperts takes without
-// hidden norm or autocast) against autograd of the plain formula y_e = (silu(x_e W_gate_e^T) * x_e W_up_e^T)
+// hidden norm) against autograd of the plain formula y_e = (silu(x_e W_gate_e^T) * x_e W_up_e^T)
 // W_down_e^T, one expert slice at a time. Double precision, tolerance 1e-12 relative: only the order of
 // float operations may differ. Row patterns cover zero rows for the first, a middle, the last and all but
 // one expert, and zero rows in total.
