@@ -6,11 +6,18 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <map>
-#include <sstream>
+#include <memory>
+#include <mutex>
 #include <thread>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -105,27 +112,167 @@ std::vector<WeightSlot> OptimizerSlots(Transformer& model, const AdamW& optimize
   return slots;
 }
 
-absl::Status WriteShard(const std::string& dir, const std::string& stem, const std::vector<WeightSlot>& slots,
-                        const CheckpointShard& shard) {
-  std::map<std::string, at::Tensor> tensors;
-  for (const WeightSlot& s : slots) {
-    // Expert slices are written by their own shard, everything else by shard 0.
-    if (shard.index == 0 || IsExpertName(s.key)) tensors[s.key] = s.value.detach().to(at::kCPU).contiguous();
+// The floor bandwidth of the checkpoint deadline (see checkpoint.h).
+double FloorMbPerSecond() {
+  if (const char* v = std::getenv("HYBRIDMOE_CHECKPOINT_MIN_MB_PER_S")) {
+    const double parsed = std::atof(v);
+    if (parsed > 0) return parsed;
   }
-  const std::string name = shard.count == 1
-                               ? stem + ".safetensors"
-                               : absl::StrFormat("%s-%05d-of-%05d.safetensors", stem, shard.index, shard.count);
-  return WriteSafetensors(dir + "/" + name, tensors);
+  return 10;
 }
 
-absl::Status WriteIndex(const std::string& dir, const std::string& stem, int count) {
-  std::map<std::string, std::string> weight_map;
-  for (int i = 0; i < count; ++i) {
-    const std::string file = absl::StrFormat("%s-%05d-of-%05d.safetensors", stem, i, count);
-    ASSIGN_OR_RETURN(auto reader, SafetensorsReader::Open(dir + "/" + file));
-    for (const std::string& n : reader->names()) weight_map[n] = file;
+// Seconds a rank may spend on `bytes` of checkpoint I/O in one phase.
+double DeadlineSeconds(double timeout_s, uint64_t bytes) {
+  return timeout_s + static_cast<double>(bytes) / (FloorMbPerSecond() * 1e6);
+}
+
+// Runs `work` on this rank while every rank runs its own, and returns when all are done: the same verdict
+// on every rank (OK, or the status code of the lowest failing rank; the root gets that rank's message).
+// With several ranks the work runs on a helper thread and the calling thread reports progress through
+// shard.sum every 0.25 s (the only collective; the work itself must not communicate), so that a rank
+// with a lot of I/O does not trip its peers' collective deadline, and gives up when a rank's work outlives
+// DeadlineSeconds(bytes). After such an error the process must end (the helper thread may still hold
+// references to the caller's state).
+absl::Status RunOnAllRanks(const CheckpointShard& shard, const std::string& what, uint64_t bytes,
+                           std::function<absl::Status()> work) {
+  if (shard.world <= 1) return work();
+  struct Job {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    absl::Status status;
+  };
+  auto job = std::make_shared<Job>();
+  std::thread([job, work = std::move(work)] {
+    absl::Status s = work();
+    std::lock_guard<std::mutex> lock(job->mu);
+    job->status = std::move(s);
+    job->done = true;
+    job->cv.notify_all();
+  }).detach();
+  // Per rank: 0 busy, 1 done, 2 past its deadline, 100 + status code: failed.
+  constexpr double kBusy = 0, kDone = 1, kOverdue = 2, kFailed = 100;
+  const double deadline_s = DeadlineSeconds(shard.timeout_s, bytes);
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<double> codes;
+  absl::Status mine;
+  for (int round = 0;; ++round) {
+    double code = kBusy;
+    {
+      std::unique_lock<std::mutex> lock(job->mu);
+      // A rank whose work is done waits the whole period too once a peer was seen busy, so that it does not
+      // sit (spinning) in the all-reduce while the busy rank writes.
+      const auto period = std::chrono::milliseconds(250);
+      if (round > 0 && job->done) {
+        lock.unlock();
+        std::this_thread::sleep_for(period);
+        lock.lock();
+      }
+      job->cv.wait_for(lock, period, [&] { return job->done; });
+      if (job->done) {
+        mine = job->status;
+        code = mine.ok() ? kDone : kFailed + static_cast<int>(mine.code());
+      } else if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > deadline_s) {
+        code = kOverdue;
+      }
+    }
+    codes.assign(shard.world, 0.0);
+    codes[shard.rank] = code;
+    shard.sum(codes);
+    std::vector<int> overdue, busy;
+    for (int r = 0; r < shard.world; ++r) {
+      if (codes[r] == kOverdue) overdue.push_back(r);
+      if (codes[r] == kBusy || codes[r] == kOverdue) busy.push_back(r);
+    }
+    if (!overdue.empty()) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "checkpoint: ", what, " did not finish within its deadline on rank ", absl::StrJoin(overdue, ", "),
+          " (parallel.timeout_s + that rank's bytes at ", absl::StrFormat("%g", FloorMbPerSecond()),
+          " MB/s, see HYBRIDMOE_CHECKPOINT_MIN_MB_PER_S); still busy: rank ", absl::StrJoin(busy, ", "),
+          "; is the file system stuck?"));
+    }
+    if (busy.empty()) break;
   }
-  return WriteSafetensorsIndex(dir + "/" + stem + ".safetensors.index.json", weight_map);
+  int failed = -1;
+  for (int r = 0; r < shard.world && failed < 0; ++r) {
+    if (codes[r] >= kFailed) failed = r;
+  }
+  if (failed < 0) return absl::OkStatus();
+  const std::vector<std::string> messages = shard.gather(mine.ok() ? "" : std::string(mine.message()));
+  const auto code = static_cast<absl::StatusCode>(static_cast<int>(codes[failed] - kFailed));
+  if (shard.root) return absl::Status(code, messages.at(failed));
+  if (failed == shard.rank) return mine;
+  return absl::Status(code, absl::StrCat("checkpoint: ", what, " failed on rank ", failed));
+}
+
+// The tensors this shard writes: expert slices by their own shard, everything else by shard 0.
+std::map<std::string, at::Tensor> ShardTensors(const std::vector<WeightSlot>& slots, const CheckpointShard& shard) {
+  std::map<std::string, at::Tensor> tensors;
+  for (const WeightSlot& s : slots) {
+    if (shard.index == 0 || IsExpertName(s.key)) tensors[s.key] = s.value.detach().to(at::kCPU).contiguous();
+  }
+  return tensors;
+}
+
+std::string ShardFileName(const std::string& stem, const CheckpointShard& shard) {
+  return shard.count == 1 ? stem + ".safetensors"
+                          : absl::StrFormat("%s-%05d-of-%05d.safetensors", stem, shard.index, shard.count);
+}
+
+// "model-00001-of-00004.safetensors" -> ("model", 1, 4); "optimizer.safetensors" -> ("optimizer", 0, 1).
+bool ParseShardName(const std::string& name, std::string* stem, int* index, int* count) {
+  const std::string ext = ".safetensors";
+  if (name.size() <= ext.size() || name.compare(name.size() - ext.size(), ext.size(), ext) != 0) return false;
+  const std::string base = name.substr(0, name.size() - ext.size());
+  int i = 0, n = 0;
+  char tail = 0;
+  const size_t dash = base.find('-');
+  if (dash == std::string::npos) {
+    *stem = base;
+    *index = 0;
+    *count = 1;
+    return true;
+  }
+  if (std::sscanf(base.c_str() + dash, "-%5d-of-%5d%c", &i, &n, &tail) != 2 || n <= 0 || i < 0 || i >= n) {
+    return false;
+  }
+  *stem = base.substr(0, dash);
+  *index = i;
+  *count = n;
+  return true;
+}
+
+absl::StatusOr<json> ReadManifest(const std::string& dir) {
+  std::ifstream in(dir + "/" + kManifest);
+  if (!in) return absl::NotFoundError(absl::StrCat(dir, "/", kManifest, ": missing (incomplete checkpoint)"));
+  json manifest;
+  try {
+    in >> manifest;
+  } catch (const std::exception& e) {
+    return absl::DataLossError(absl::StrCat(dir, "/", kManifest, ": not valid JSON (", e.what(), ")"));
+  }
+  if (!manifest.is_object() || !manifest.contains("files") || !manifest["files"].is_object() ||
+      manifest["files"].empty()) {
+    return absl::DataLossError(absl::StrCat(dir, "/", kManifest, ": no \"files\" entry"));
+  }
+  return manifest;
+}
+
+absl::Status VerifyFile(const std::string& path, const json& want) {
+  auto d = Digest(path);
+  if (!d.ok()) return absl::DataLossError(absl::StrCat("checkpoint file ", path, " is missing"));
+  const uint64_t bytes = want.is_object() ? want.value("bytes", uint64_t{0}) : 0;
+  const uint32_t crc = want.is_object() ? want.value("crc32c", uint32_t{0}) : 0;
+  if (d->bytes != bytes) {
+    return absl::DataLossError(absl::StrCat("checkpoint file ", path, " has ", d->bytes, " bytes, MANIFEST.json says ",
+                                            bytes, " (truncated or replaced)"));
+  }
+  if (d->crc != crc) {
+    return absl::DataLossError(
+        absl::StrFormat("checkpoint file %s: CRC-32C %08x does not match MANIFEST.json (%08x); the file is corrupted",
+                        path, d->crc, crc));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status LoadSlots(const std::string& path, std::vector<WeightSlot> slots) {
@@ -155,140 +302,202 @@ absl::Status SaveCheckpoint(const std::string& run_dir, Transformer& model, cons
   const std::string root = run_dir + "/checkpoints";
   const std::string final_dir = root + "/" + CheckpointDirName(state.step);
   const std::string tmp = root + "/.tmp-" + CheckpointDirName(state.step);
-  if (shard.root) {
+  // 1. The root makes the temporary directory (and clears debris of a killed run).
+  RETURN_IF_ERROR(RunOnAllRanks(shard, "preparing " + tmp, 0, [&]() -> absl::Status {
+    if (!shard.root) return absl::OkStatus();
     RETURN_IF_ERROR(MakeDirs(root));
     for (const std::string& n : ListDir(root)) {
-      if (n.rfind(".tmp-", 0) == 0) RETURN_IF_ERROR(RemoveTree(root + "/" + n));  // debris of a killed run
+      if (n.rfind(".tmp-", 0) == 0) RETURN_IF_ERROR(RemoveTree(root + "/" + n));
     }
-    RETURN_IF_ERROR(MakeDirs(tmp));
+    return MakeDirs(tmp);
+  }));
+
+  // 2. Each writer writes its shard files and checksums them (re-reading its own files only).
+  json mine = {{"files", json::object()}, {"tensors", json::object()}};
+  std::vector<std::pair<std::string, std::map<std::string, at::Tensor>>> files;
+  uint64_t bytes = 0;
+  if (shard.replica == 0) {
+    // Host copies on this thread (device tensors are copied where the training runs); the I/O on the helper.
+    files.emplace_back(ShardFileName("model", shard), ShardTensors(ModelWeightSlots(model), shard));
+    files.emplace_back(ShardFileName("optimizer", shard), ShardTensors(OptimizerSlots(model, optimizer), shard));
+    for (const auto& file : files) {
+      for (const auto& [key, t] : file.second) bytes += static_cast<uint64_t>(t.nbytes());
+    }
   }
-  shard.barrier();
-  absl::Status written = absl::OkStatus();
-  if (shard.writes) {
-    written = WriteShard(tmp, "model", ModelWeightSlots(model), shard);
-    if (written.ok()) written = WriteShard(tmp, "optimizer", OptimizerSlots(model, optimizer), shard);
-  }
-  shard.barrier();
-  RETURN_IF_ERROR(written);
-  if (!shard.root) {
-    shard.barrier();
+  RETURN_IF_ERROR(RunOnAllRanks(shard, "writing the shards of " + tmp, 2 * bytes, [&]() -> absl::Status {
+    if (const char* pause = std::getenv("HYBRIDMOE_FAULT_PAUSE_IN_SHARD_WRITE_S");
+        pause && shard.rank == shard.world - 1) {
+      // Fault injection for tests: the last rank's shard write is slow (the checkpoint deadline).
+      std::this_thread::sleep_for(std::chrono::duration<double>(std::atof(pause)));
+    }
+    for (const auto& [name, tensors] : files) {
+      const std::string path = tmp + "/" + name;
+      RETURN_IF_ERROR(WriteSafetensors(path, tensors));
+      SyncPath(path);
+      ASSIGN_OR_RETURN(const FileDigest d, Digest(path));
+      mine["files"][name] = {{"bytes", d.bytes}, {"crc32c", d.crc}};
+      json names = json::array();
+      for (const auto& [key, t] : tensors) names.push_back(key);
+      mine["tensors"][name] = std::move(names);
+    }
     return absl::OkStatus();
-  }
-  if (const char* pause = std::getenv("HYBRIDMOE_FAULT_PAUSE_IN_CHECKPOINT_S")) {
-    // Fault injection for tests: widen the window in which a kill hits a half-written checkpoint.
-    std::this_thread::sleep_for(std::chrono::duration<double>(std::atof(pause)));
-  }
-  absl::Status s = absl::OkStatus();
-  if (shard.count > 1) {
-    s = WriteIndex(tmp, "model", shard.count);
-    if (s.ok()) s = WriteIndex(tmp, "optimizer", shard.count);
-  }
-  json st = {{"step", state.step},
-             {"optimizer_steps", state.optimizer_steps},
-             {"skipped_steps", state.skipped_steps},
-             {"consecutive_bad_steps", state.consecutive_bad_steps},
-             {"seed", state.seed},
-             {"expert_parallel_shards", shard.count}};
-  if (s.ok()) s = WriteFileAtomically(tmp + "/" + kState, st.dump(2) + "\n");
-  if (s.ok()) s = WriteFileAtomically(tmp + "/config.textproto", ConfigToText(config));
-  json manifest = {{"step", state.step}, {"files", json::object()}};
-  for (const std::string& n : ListDir(tmp)) {
-    if (!s.ok()) break;
-    auto d = Digest(tmp + "/" + n);
-    if (!d.ok()) {
-      s = d.status();
-      break;
+  }));
+  files.clear();
+
+  // 3. One small gather: every shard file's size, checksum and tensor names, on the root.
+  const std::vector<std::string> parts = shard.gather(mine.dump());
+
+  // 4. The root writes the shared files and the manifest, publishes the directory and prunes old ones.
+  return RunOnAllRanks(shard, "publishing " + final_dir, 0, [&]() -> absl::Status {
+    if (!shard.root) return absl::OkStatus();
+    if (const char* pause = std::getenv("HYBRIDMOE_FAULT_PAUSE_IN_CHECKPOINT_S")) {
+      // Fault injection for tests: widen the window in which a kill hits a half-written checkpoint.
+      std::this_thread::sleep_for(std::chrono::duration<double>(std::atof(pause)));
     }
-    manifest["files"][n] = {{"bytes", d->bytes}, {"crc32c", d->crc}};
-    SyncPath(tmp + "/" + n);
-  }
-  if (s.ok()) s = WriteFileAtomically(tmp + "/" + kManifest, manifest.dump(2) + "\n");
-  if (s.ok()) {
+    json manifest = {{"step", state.step}, {"files", json::object()}};
+    std::map<std::string, std::map<std::string, std::string>> weight_maps;  // stem -> tensor -> file
+    for (const std::string& part : parts) {
+      const json p = json::parse(part, nullptr, /*allow_exceptions=*/false);
+      if (!p.is_object() || !p.contains("files") || !p.contains("tensors")) {
+        return absl::InternalError(absl::StrCat("checkpoint: malformed shard report while publishing ", final_dir));
+      }
+      for (const auto& [name, d] : p["files"].items()) manifest["files"][name] = d;
+      for (const auto& [name, keys] : p["tensors"].items()) {
+        std::string stem;
+        int index = 0, count = 0;
+        if (!ParseShardName(name, &stem, &index, &count)) continue;
+        for (const auto& key : keys) weight_maps[stem][key.get<std::string>()] = name;
+      }
+    }
+    std::vector<std::string> shared = {kState, "config.textproto"};
+    if (shard.count > 1) {
+      for (const auto& [stem, weight_map] : weight_maps) {
+        const std::string index = stem + ".safetensors.index.json";
+        RETURN_IF_ERROR(WriteSafetensorsIndex(tmp + "/" + index, weight_map));
+        shared.push_back(index);
+      }
+    }
+    json st = {{"step", state.step},
+               {"optimizer_steps", state.optimizer_steps},
+               {"skipped_steps", state.skipped_steps},
+               {"consecutive_bad_steps", state.consecutive_bad_steps},
+               {"seed", state.seed},
+               {"expert_parallel_shards", shard.count}};
+    RETURN_IF_ERROR(WriteFileAtomically(tmp + "/" + kState, st.dump(2) + "\n"));
+    RETURN_IF_ERROR(WriteFileAtomically(tmp + "/config.textproto", ConfigToText(config)));
+    for (const std::string& n : shared) {
+      ASSIGN_OR_RETURN(const FileDigest d, Digest(tmp + "/" + n));
+      manifest["files"][n] = {{"bytes", d.bytes}, {"crc32c", d.crc}};
+    }
+    RETURN_IF_ERROR(WriteFileAtomically(tmp + "/" + kManifest, manifest.dump(2) + "\n"));
     SyncPath(tmp);
-    if (IsDirectory(final_dir)) s = RemoveTree(final_dir);  // an older checkpoint of the same step (re-run)
-    if (s.ok() && std::rename(tmp.c_str(), final_dir.c_str()) != 0) {
-      s = absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", final_dir, ": ", strerror(errno)));
+    if (IsDirectory(final_dir)) RETURN_IF_ERROR(RemoveTree(final_dir));  // an older checkpoint of the same step
+    if (std::rename(tmp.c_str(), final_dir.c_str()) != 0) {
+      return absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", final_dir, ": ", strerror(errno)));
     }
     SyncPath(root);
-  }
-  if (s.ok()) {
     std::vector<std::string> complete;
     for (const std::string& n : ListDir(root)) {
       if (n.rfind("step_", 0) == 0) complete.push_back(n);
     }
     for (size_t i = 0; i + static_cast<size_t>(keep_last) < complete.size(); ++i) {
-      s = RemoveTree(root + "/" + complete[i]);
-      if (!s.ok()) break;
+      RETURN_IF_ERROR(RemoveTree(root + "/" + complete[i]));
     }
+    return absl::OkStatus();
+  });
+}
+
+std::vector<std::string> ListCheckpoints(const std::string& run_dir) {
+  const std::string root = run_dir + "/checkpoints";
+  std::vector<std::string> dirs;
+  const std::vector<std::string> names = ListDir(root);
+  for (auto it = names.rbegin(); it != names.rend(); ++it) {
+    if (it->rfind("step_", 0) == 0 && IsDirectory(root + "/" + *it)) dirs.push_back(root + "/" + *it);
   }
-  shard.barrier();
-  return s;
+  return dirs;
 }
 
 absl::StatusOr<std::string> FindLatestCheckpoint(const std::string& run_dir) {
-  const std::string root = run_dir + "/checkpoints";
-  std::vector<std::string> names = ListDir(root);
-  for (auto it = names.rbegin(); it != names.rend(); ++it) {
-    const std::string dir = root + "/" + *it;
-    struct stat st;
-    if (it->rfind("step_", 0) == 0 && stat((dir + "/" + kManifest).c_str(), &st) == 0) return dir;
+  for (const std::string& dir : ListCheckpoints(run_dir)) {
+    if (IsFile(dir + "/" + kManifest)) return dir;
   }
-  return absl::NotFoundError(absl::StrCat("no complete checkpoint under ", root));
+  return absl::NotFoundError(absl::StrCat("no complete checkpoint under ", run_dir, "/checkpoints"));
 }
 
-absl::Status VerifyCheckpoint(const std::string& dir) {
-  std::ifstream in(dir + "/" + kManifest);
-  if (!in) return absl::NotFoundError(absl::StrCat(dir, "/", kManifest, ": missing (incomplete checkpoint)"));
-  json manifest;
-  try {
-    in >> manifest;
-  } catch (const std::exception& e) {
-    return absl::DataLossError(absl::StrCat(dir, "/", kManifest, ": not valid JSON (", e.what(), ")"));
+absl::StatusOr<std::string> SetAsideCheckpoint(const std::string& dir) {
+  const size_t slash = dir.find_last_of('/');
+  const std::string parent = slash == std::string::npos ? "." : dir.substr(0, slash);
+  const std::string base = "damaged-" + (slash == std::string::npos ? dir : dir.substr(slash + 1));
+  std::string to = parent + "/" + base;
+  for (int i = 1; Exists(to); ++i) to = absl::StrCat(parent, "/", base, ".", i);
+  if (std::rename(dir.c_str(), to.c_str()) != 0) {
+    return absl::InternalError(absl::StrCat("cannot rename ", dir, " to ", to, ": ", strerror(errno)));
   }
-  if (!manifest.contains("files") || !manifest["files"].is_object() || manifest["files"].empty()) {
-    return absl::DataLossError(absl::StrCat(dir, "/", kManifest, ": no \"files\" entry"));
-  }
-  for (const auto& [name, want] : manifest["files"].items()) {
-    const std::string path = dir + "/" + name;
-    auto d = Digest(path);
-    if (!d.ok()) return absl::DataLossError(absl::StrCat("checkpoint file ", path, " is missing"));
-    if (d->bytes != want.value("bytes", uint64_t{0})) {
-      return absl::DataLossError(absl::StrCat("checkpoint file ", path, " has ", d->bytes,
-                                              " bytes, MANIFEST.json says ", want.value("bytes", uint64_t{0}),
-                                              " (truncated or replaced)"));
-    }
-    if (d->crc != want.value("crc32c", uint32_t{0})) {
-      return absl::DataLossError(
-          absl::StrFormat("checkpoint file %s: CRC-32C %08x does not match MANIFEST.json "
-                          "(%08x); the file is corrupted",
-                          path, d->crc, want.value("crc32c", uint32_t{0})));
-    }
-  }
-  return absl::OkStatus();
+  SyncPath(parent);
+  return to;
 }
 
-absl::StatusOr<TrainerState> LoadCheckpoint(const std::string& dir, Transformer& model, AdamW& optimizer) {
-  RETURN_IF_ERROR(VerifyCheckpoint(dir));
-  std::ifstream in(dir + "/" + kState);
-  json st;
-  try {
-    in >> st;
-  } catch (const std::exception& e) {
-    return absl::DataLossError(absl::StrCat(dir, "/", kState, ": not valid JSON (", e.what(), ")"));
+absl::Status VerifyCheckpoint(const std::string& dir, const CheckpointShard& shard) {
+  // Every rank reads the (small) manifest; each file is checksummed by one rank.
+  absl::StatusOr<json> manifest = ReadManifest(dir);
+  std::vector<std::pair<std::string, json>> mine;
+  uint64_t bytes = 0;
+  if (manifest.ok()) {
+    int position = 0;  // among the .safetensors files, for the round-robin assignment
+    for (const auto& [name, want] : (*manifest)["files"].items()) {
+      std::string stem;
+      int index = 0, count = 0;
+      bool verifies = shard.root;
+      if (ParseShardName(name, &stem, &index, &count)) {
+        if (count == shard.count) {
+          // The replicas of the shard read it whole: the model file on the first, the optimizer file on the
+          // second (when there is one).
+          verifies = shard.index == index && shard.replica == (stem == "optimizer" ? 1 : 0) % shard.replicas;
+        } else {
+          verifies = position % shard.world == shard.rank;
+        }
+        ++position;
+      }
+      if (!verifies) continue;
+      mine.emplace_back(name, want);
+      if (want.is_object()) bytes += want.value("bytes", uint64_t{0});
+    }
   }
-  RETURN_IF_ERROR(LoadModelWeights(model, dir));
-  RETURN_IF_ERROR(LoadSlots(IsDirectory(dir) && Digest(dir + "/optimizer.safetensors").ok()
-                                ? dir + "/optimizer.safetensors"
-                                : dir + "/optimizer.safetensors.index.json",
-                            OptimizerSlots(model, optimizer)));
+  return RunOnAllRanks(shard, "verifying " + dir, bytes, [&]() -> absl::Status {
+    RETURN_IF_ERROR(manifest.status());
+    for (const auto& [name, want] : mine) RETURN_IF_ERROR(VerifyFile(dir + "/" + name, want));
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<TrainerState> LoadVerifiedCheckpoint(const std::string& dir, Transformer& model, AdamW& optimizer,
+                                                    const CheckpointShard& shard) {
+  uint64_t bytes = 0;  // what this rank reads: its weights and their two moments
+  for (const WeightSlot& w : ModelWeightSlots(model)) bytes += 3 * static_cast<uint64_t>(w.value.nbytes());
   TrainerState state;
-  state.step = st.value("step", int64_t{0});
-  state.optimizer_steps = st.value("optimizer_steps", int64_t{0});
-  state.skipped_steps = st.value("skipped_steps", int64_t{0});
-  state.consecutive_bad_steps = st.value("consecutive_bad_steps", int64_t{0});
-  state.seed = st.value("seed", uint64_t{0});
+  RETURN_IF_ERROR(RunOnAllRanks(shard, "loading " + dir, bytes, [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(const std::string text, ReadFile(dir + "/" + kState));
+    const json st = json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (!st.is_object()) return absl::DataLossError(absl::StrCat(dir, "/", kState, ": not a JSON object"));
+    RETURN_IF_ERROR(LoadModelWeights(model, dir));
+    const std::string single = dir + "/optimizer.safetensors";
+    RETURN_IF_ERROR(LoadSlots(IsFile(single) ? single : dir + "/optimizer.safetensors.index.json",
+                              OptimizerSlots(model, optimizer)));
+    state.step = st.value("step", int64_t{0});
+    state.optimizer_steps = st.value("optimizer_steps", int64_t{0});
+    state.skipped_steps = st.value("skipped_steps", int64_t{0});
+    state.consecutive_bad_steps = st.value("consecutive_bad_steps", int64_t{0});
+    state.seed = st.value("seed", uint64_t{0});
+    return absl::OkStatus();
+  }));
   optimizer.set_steps_taken(state.optimizer_steps);
   return state;
+}
+
+absl::StatusOr<TrainerState> LoadCheckpoint(const std::string& dir, Transformer& model, AdamW& optimizer,
+                                            const CheckpointShard& shard) {
+  RETURN_IF_ERROR(VerifyCheckpoint(dir, shard));
+  return LoadVerifiedCheckpoint(dir, model, optimizer, shard);
 }
 
 }  // namespace hybridmoe

@@ -1,6 +1,7 @@
 // bazel-bin/tools/train --config=FILE.textproto [--override='TEXTPROTO']... [--out_dir=DIR] [--resume]
 // Trains a model; see tools/trainer.h for the run directory. Under mpirun or srun it runs distributed with
-// no other change. Errors end with one line (on rank 0) and exit 1.
+// no other change. Errors end with one line (on rank 0) and exit 1 (2 for bad flags). SIGTERM or SIGUSR1
+// stops the run at the next step boundary with a checkpoint and exit status 75 (tools/trainer.h).
 #include <cstdio>
 #include <cstdlib>
 
@@ -19,7 +20,7 @@ int main(int argc, char** argv) {
       {"config", "text-format TrainConfig file (required unless --resume finds DIR/config.textproto)"},
       {"override", "text-format TrainConfig merged on top, e.g. 'train { steps: 20 }' (repeatable)", false, true},
       {"out_dir", "run directory (default runs/<config name>)"},
-      {"resume", "continue the run in --out_dir from its newest complete checkpoint", true},
+      {"resume", "continue the run in --out_dir from its newest intact checkpoint", true},
       {"stop_at_step", "stop with a checkpoint after this many steps (schedule unchanged); resume later"},
       {"quiet", "no progress lines", true},
       {"help", "show this help", true},
@@ -29,8 +30,18 @@ int main(int argc, char** argv) {
   if (!cl) return exit_code;
   const bool resume = cl->GetBool("resume");
   std::string config_path = cl->Get("config");
-  if (config_path.empty() && resume && cl->Has("out_dir") && IsFile(cl->Get("out_dir") + "/config.textproto")) {
-    config_path = cl->Get("out_dir") + "/config.textproto";
+  if (config_path.empty() && resume) {
+    // --resume without --config: the run directory's own config.textproto.
+    if (!cl->Has("out_dir")) {
+      std::fprintf(stderr, "train: --resume without --config needs --out_dir=DIR, the run to continue\n");
+      return 2;
+    }
+    const std::string dir = cl->Get("out_dir");
+    config_path = RunConfigPath(dir);
+    if (config_path.empty()) {
+      std::fprintf(stderr, "train: --resume: %s holds no run (no config.textproto / no checkpoints)\n", dir.c_str());
+      return 1;
+    }
   }
   if (config_path.empty()) {
     std::fprintf(stderr, "train: --config=FILE.textproto is required (see configs/)\n");
@@ -66,12 +77,14 @@ int main(int argc, char** argv) {
     return 2;
   }
   options.stop_at_step = *stop_at;
-  if (absl::Status s = Train(*config, options, **ctx); !s.ok()) {
+  InstallStopSignalHandlers();
+  TrainOutcome outcome;
+  if (absl::Status s = Train(*config, options, **ctx, &outcome); !s.ok()) {
     if ((*ctx)->rank() == 0) std::fprintf(stderr, "train: %s\n", std::string(s.message()).c_str());
     // Leave without MPI_Finalize: peers may be waiting in a collective; the launcher ends the job.
     std::fflush(stderr);
     std::fflush(stdout);
     std::_Exit(1);
   }
-  return 0;
+  return outcome.stop_signal != 0 ? kExitStopped : 0;
 }

@@ -4,6 +4,8 @@
 
 #include <chrono>
 #include <cmath>
+#include <csignal>
+#include <cstdio>
 #include <cstdlib>
 #include <set>
 
@@ -33,6 +35,19 @@ namespace hybridmoe {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// The stop signal received (0: none). Written only by the handler, read at step boundaries.
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+extern "C" void OnStopSignal(int signo) { g_stop_signal = signo; }
+
+const char* SignalName(int signo) {
+  switch (signo) {
+    case SIGTERM: return "SIGTERM";
+    case SIGUSR1: return "SIGUSR1";
+    default: return "a signal";
+  }
+}
 
 double Seconds(Clock::time_point since) { return std::chrono::duration<double>(Clock::now() - since).count(); }
 
@@ -89,6 +104,22 @@ std::vector<std::pair<std::string, double>> PerBlockGradNorms(Transformer& model
 }
 
 }  // namespace
+
+void InstallStopSignalHandlers() {
+  struct sigaction action = {};
+  action.sa_handler = OnStopSignal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;  // file I/O and MPI polling continue; the flag is read at the step boundary
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGUSR1, &action, nullptr);
+}
+
+std::string RunConfigPath(const std::string& out_dir) {
+  if (IsFile(out_dir + "/config.textproto")) return out_dir + "/config.textproto";
+  absl::StatusOr<std::string> latest = FindLatestCheckpoint(out_dir);
+  if (latest.ok() && IsFile(*latest + "/config.textproto")) return *latest + "/config.textproto";
+  return "";
+}
 
 int DefaultThreads(const TrainConfig& config, int local_ranks) {
   if (config.parallel().num_threads() > 0) return config.parallel().num_threads();
@@ -148,9 +179,102 @@ std::set<int64_t> FaultNanSteps() {
   return steps;
 }
 
+// This rank's part in checkpoints (models/checkpoint.h): shard = EP rank, replica = DP rank; verdicts and
+// progress travel through SumOverRanks, shard reports through GatherToRoot.
+CheckpointShard MakeCheckpointShard(const TrainConfig& config, ParallelContext& ctx) {
+  CheckpointShard shard;
+  shard.index = ctx.ep_rank();
+  shard.count = ctx.ep_size();
+  shard.replica = ctx.dp_rank();
+  shard.replicas = ctx.dp_size();
+  shard.root = ctx.rank() == 0;
+  shard.rank = ctx.rank();
+  shard.world = ctx.world_size();
+  shard.timeout_s = config.parallel().timeout_s();
+  shard.sum = [&ctx](std::vector<double>& values) { ctx.SumOverRanks(values); };
+  shard.gather = [&ctx](const std::string& bytes) { return ctx.GatherToRoot(bytes); };
+  return shard;
+}
+
+// The checkpoint directories of the run, newest first, as the root sees them (every rank gets the root's
+// list, so that all ranks try the same checkpoints even if their views of a shared file system differ).
+std::vector<std::string> AgreedCheckpoints(const std::string& dir, ParallelContext& ctx) {
+  std::vector<double> steps;
+  if (ctx.rank() == 0) {
+    for (const std::string& path : ListCheckpoints(dir)) {
+      long long step = 0;
+      char tail = 0;
+      const std::string name = path.substr(path.find_last_of('/') + 1);
+      if (std::sscanf(name.c_str(), "step_%lld%c", &step, &tail) == 1 && name == CheckpointDirName(step)) {
+        steps.push_back(static_cast<double>(step));
+      }
+    }
+  }
+  std::vector<double> count = {static_cast<double>(steps.size())};
+  ctx.SumOverRanks(count);
+  steps.resize(static_cast<size_t>(count[0]), 0.0);
+  ctx.SumOverRanks(steps);
+  std::vector<std::string> dirs;
+  for (const double step : steps) {
+    dirs.push_back(dir + "/checkpoints/" + CheckpointDirName(static_cast<int64_t>(step)));
+  }
+  return dirs;
+}
+
+// --resume: loads the newest intact checkpoint into model/optimizer/state (see TrainOptions::resume); leaves
+// them alone when the run has no checkpoint at all.
+absl::Status ResumeFromNewestIntact(const std::string& dir, Transformer& model, AdamW& optimizer,
+                                    const CheckpointShard& shard, ParallelContext& ctx, bool say, TrainerState* state) {
+  const std::vector<std::string> candidates = AgreedCheckpoints(dir, ctx);
+  std::vector<std::string> damaged;
+  absl::Status first_damage;
+  for (const std::string& candidate : candidates) {
+    const absl::Status verified = VerifyCheckpoint(candidate, shard);
+    if (absl::IsDataLoss(verified) || absl::IsNotFound(verified)) {
+      if (damaged.empty()) first_damage = verified;
+      damaged.push_back(candidate);
+      continue;
+    }
+    RETURN_IF_ERROR(verified);
+    ASSIGN_OR_RETURN(*state, LoadVerifiedCheckpoint(candidate, model, optimizer, shard));
+    if (damaged.empty()) {
+      if (say)
+        std::fprintf(stderr, "[train] resuming from %s (step %lld)\n", candidate.c_str(), (long long)state->step);
+      return absl::OkStatus();
+    }
+    if (shard.root) {
+      // Damaged checkpoints leave the step_* namespace (never loaded or pruned again; kept for a post-mortem).
+      std::string moved;
+      for (const std::string& d : damaged) {
+        absl::StatusOr<std::string> to = SetAsideCheckpoint(d);
+        if (moved.empty()) moved = to.ok() ? "moved to " + *to : std::string(to.status().message());
+      }
+      const std::string names =
+          damaged.size() == 1 ? damaged[0] : absl::StrCat(damaged[0], " and ", damaged.size() - 1, " older");
+      std::fprintf(stderr,
+                   "[train] warning: checkpoint %s is damaged (%s); resuming from %s (step %lld), the newest "
+                   "intact checkpoint; %s\n",
+                   names.c_str(), std::string(first_damage.message()).c_str(), candidate.c_str(),
+                   (long long)state->step, moved.c_str());
+    }
+    return absl::OkStatus();
+  }
+  if (!damaged.empty()) {
+    return absl::Status(first_damage.code(),
+                        absl::StrCat(first_damage.message(), "; no intact checkpoint to resume from"));
+  }
+  if (say) {
+    std::fprintf(stderr, "[train] --resume: no complete checkpoint in %s/checkpoints; starting from step 0\n",
+                 dir.c_str());
+  }
+  return absl::OkStatus();
+}
 }  // namespace
 
-absl::Status Train(const TrainConfig& config, const TrainOptions& options, ParallelContext& ctx) {
+absl::Status Train(const TrainConfig& config, const TrainOptions& options, ParallelContext& ctx,
+                   TrainOutcome* outcome) {
+  TrainOutcome unused;
+  if (outcome == nullptr) outcome = &unused;
   const std::string& dir = options.out_dir;
   const bool root = ctx.rank() == 0;
   const bool say = root && !options.quiet;
@@ -167,17 +291,11 @@ absl::Status Train(const TrainConfig& config, const TrainOptions& options, Paral
   ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer, Trainer::Create(config, ctx));
   Transformer& model = trainer->model();
 
+  const CheckpointShard shard = MakeCheckpointShard(config, ctx);
   TrainerState state;
   state.seed = config.train().seed();
   if (options.resume) {
-    auto latest = FindLatestCheckpoint(dir);
-    if (latest.ok()) {
-      ASSIGN_OR_RETURN(state, LoadCheckpoint(*latest, model, trainer->optimizer()));
-      if (say) std::fprintf(stderr, "[train] resuming from %s (step %lld)\n", latest->c_str(), (long long)state.step);
-    } else if (say) {
-      std::fprintf(stderr, "[train] --resume: no complete checkpoint in %s/checkpoints; starting from step 0\n",
-                   dir.c_str());
-    }
+    RETURN_IF_ERROR(ResumeFromNewestIntact(dir, model, trainer->optimizer(), shard, ctx, say, &state));
   }
   ctx.Barrier();
   ASSIGN_OR_RETURN(RunLog log, RunLog::Open(config, options, state.step, model, root));
@@ -198,23 +316,21 @@ absl::Status Train(const TrainConfig& config, const TrainOptions& options, Paral
                  ctx.world_size(), ctx.ep_size(), ctx.dp_size(), static_cast<long long>(tokens_per_step), threads,
                  dir.c_str());
   }
-  auto checkpoint = [&](int64_t done) -> absl::Status {
+  double last_checkpoint_s = 0;
+  auto checkpoint = [&](int64_t done, const char* reason) -> absl::Status {
     const auto t0 = Clock::now();
     state.step = done;
     state.optimizer_steps = trainer->optimizer().steps_taken();
-    CheckpointShard shard;
-    shard.index = ctx.ep_rank();
-    shard.count = ctx.ep_size();
-    shard.writes = ctx.dp_rank() == 0;
-    shard.root = root;
-    shard.barrier = [&ctx] { ctx.Barrier(); };
     RETURN_IF_ERROR(
         SaveCheckpoint(dir, model, trainer->optimizer(), config, state, config.checkpoint().keep_last(), shard));
-    return log.Record(JsonRecord()
-                          .Add("kind", "checkpoint")
-                          .Add("step", done)
-                          .Add("path", dir + "/checkpoints/" + CheckpointDirName(done))
-                          .Add("seconds", Seconds(t0)));
+    last_checkpoint_s = Seconds(t0);
+    JsonRecord record;
+    record.Add("kind", "checkpoint")
+        .Add("step", done)
+        .Add("path", dir + "/checkpoints/" + CheckpointDirName(done))
+        .Add("seconds", last_checkpoint_s);
+    if (reason != nullptr) record.Add("reason", reason);
+    return log.Record(record);
   };
   const std::set<int64_t> nan_steps = FaultNanSteps();
 
@@ -332,14 +448,34 @@ absl::Status Train(const TrainConfig& config, const TrainOptions& options, Paral
     }
     const int64_t every = config.checkpoint().interval();
     const bool stop = options.stop_at_step > 0 && step + 1 >= options.stop_at_step && !last;
-    if ((every > 0 && (step + 1) % every == 0) || (last && config.checkpoint().save_final()) || stop) {
-      RETURN_IF_ERROR(checkpoint(step + 1));
+    const bool checkpointed =
+        (every > 0 && (step + 1) % every == 0) || (last && config.checkpoint().save_final()) || stop;
+    if (checkpointed) {
+      RETURN_IF_ERROR(checkpoint(step + 1, stop ? "stop_at_step" : nullptr));
       window_start = Clock::now();
     }
+    outcome->step = step + 1;
     if (stop) {
       if (say)
         std::fprintf(stderr, "[train] stopped at step %lld (--stop_at_step); continue with --resume\n",
                      static_cast<long long>(step + 1));
+      break;
+    }
+    if (last) break;
+    // Stop signals: one all-reduce of a single value per step, so that all ranks stop at the same boundary.
+    const int signal = static_cast<int>(ctx.MaxOverRanks(static_cast<double>(g_stop_signal)));
+    if (signal != 0) {
+      const auto t0 = Clock::now();
+      if (!checkpointed) RETURN_IF_ERROR(checkpoint(step + 1, SignalName(signal)));
+      if (root) {
+        std::fprintf(stderr,
+                     "[train] %s: stopped at step %lld with checkpoint %s (written in %.2f s); exit status %d, "
+                     "continue with --resume\n",
+                     SignalName(signal), static_cast<long long>(step + 1),
+                     (dir + "/checkpoints/" + CheckpointDirName(step + 1)).c_str(),
+                     checkpointed ? last_checkpoint_s : Seconds(t0), kExitStopped);
+      }
+      outcome->stop_signal = signal;
       break;
     }
   }
