@@ -1,11 +1,12 @@
 #!/bin/bash
 # train --resume when the newest checkpoint's MANIFEST.json is absent or corrupt (models/checkpoint.cc:
-# FindLatestCheckpoint takes the newest step_* directory that has a MANIFEST.json; LoadCheckpoint verifies it):
-#  1. No MANIFEST.json in the newest directory (an incomplete checkpoint): it is skipped, the run resumes from
-#     the one before and ends with the losses of an uninterrupted run.
-#  2. A MANIFEST.json that is not valid JSON, or has no "files" entry: not skipped, not loaded: --resume ends
-#     with one line naming that manifest and the fault, and nothing already written changes (no silent
-#     fallback to an older checkpoint, which would drop steps without saying so).
+# VerifyCheckpoint reads the manifest; --resume falls back to the newest intact checkpoint, saying so):
+#  1. No MANIFEST.json in the newest directory (an incomplete checkpoint): the run resumes from the one before
+#     and ends with the losses of an uninterrupted run.
+#  2. A MANIFEST.json that is not valid JSON, or has no "files" entry: not loaded; --resume falls back to the
+#     checkpoint before with one warning line naming that manifest and the fault (never silently: that would
+#     drop steps without saying so) and ends with the losses of an uninterrupted run.
+#  3. The same fault when the older checkpoint is damaged too: refused with one line, nothing changed.
 set -uo pipefail
 TRAIN="$1"
 CONFIG="$2"
@@ -42,19 +43,30 @@ grep -q "resuming from .*step_00000010 (step 10)" "$T/nomanifest.log" || { cat "
 diff <(losses "$T/straight/metrics.jsonl") <(losses "$T/nomanifest/metrics.jsonl") || fail "losses after fallback differ"
 echo "ok: no MANIFEST.json in step_00000020 -> resumed from step 10, identical losses"
 
-# 2. Newest manifest corrupt: refused with one line, nothing changed.
-expect_refused() {  # NAME MANIFEST_CONTENT PATTERN
+# 2. Newest manifest corrupt: one warning line, fallback to step 10.
+expect_fallback() {  # NAME MANIFEST_CONTENT PATTERN
   local dir="$T/$1"
   cp -r "$T/straight" "$dir"
   printf '%s' "$2" >"$dir/checkpoints/step_00000020/MANIFEST.json"
-  local before
-  before="$(snapshot "$dir")"
-  "$TRAIN" --resume --override="$BASE" --override='train { steps: 30 }' --out_dir="$dir" --quiet 2>"$T/err"
-  [[ $? != 0 ]] || fail "$1: corrupt manifest accepted"
-  [[ $(wc -l <"$T/err") == 1 ]] && grep -qF -- "step_00000020/MANIFEST.json: $3" "$T/err" || { cat "$T/err"; fail "$1: message"; }
-  [[ "$(snapshot "$dir")" == "$before" ]] || fail "$1: a refused resume changed the run directory"
+  "$TRAIN" --resume --override="$BASE" --out_dir="$dir" --quiet 2>"$T/err" || { cat "$T/err"; fail "$1: resume"; }
+  [[ $(wc -l <"$T/err") == 1 ]] && grep -qF -- "step_00000020/MANIFEST.json: $3" "$T/err" &&
+    grep -q "resuming from .*step_00000010 (step 10)" "$T/err" || { cat "$T/err"; fail "$1: warning line"; }
+  diff <(losses "$T/straight/metrics.jsonl") <(losses "$dir/metrics.jsonl") || fail "$1: losses after fallback differ"
   echo "ok: $1 -> $(sed "s|$T/||g" "$T/err")"
 }
-expect_refused truncated_json '{"files": {"model.safetensors": {"bytes": 12' "not valid JSON"
-expect_refused no_files '{"format": 1}' 'no "files" entry'
+expect_fallback truncated_json '{"files": {"model.safetensors": {"bytes": 12' "not valid JSON"
+expect_fallback no_files '{"format": 1}' 'no "files" entry'
+
+# 3. Both manifests corrupt: refused with one line, nothing changed.
+dir="$T/both"
+cp -r "$T/straight" "$dir"
+printf '{"format": 1}' >"$dir/checkpoints/step_00000020/MANIFEST.json"
+printf '{"format": 1}' >"$dir/checkpoints/step_00000010/MANIFEST.json"
+before="$(snapshot "$dir")"
+"$TRAIN" --resume --override="$BASE" --override='train { steps: 30 }' --out_dir="$dir" --quiet 2>"$T/err"
+[[ $? != 0 ]] || fail "both: corrupt manifests accepted"
+[[ $(wc -l <"$T/err") == 1 ]] && grep -qF -- 'step_00000020/MANIFEST.json: no "files" entry' "$T/err" ||
+  { cat "$T/err"; fail "both: message"; }
+[[ "$(snapshot "$dir")" == "$before" ]] || fail "both: a refused resume changed the run directory"
+echo "ok: both -> $(sed "s|$T/||g" "$T/err")"
 echo PASS

@@ -3,13 +3,15 @@
 #  1. 40 steps straight == 20 steps + --resume + 20 steps, metrics.jsonl losses bit for bit (2 threads).
 #  2. SIGKILL while a checkpoint is being written: the previous checkpoint stays intact, the half-written
 #     one is ignored, and --resume continues to the same final losses.
-#  3. A corrupted checkpoint (flipped byte, missing file) is refused with a message naming the file, and
-#     nothing already written changes.
+#  3. Corrupted checkpoints (flipped byte, missing file) with no intact one left are refused with a message
+#     naming the newest damaged file, and nothing already written changes (the fallback to an older intact
+#     checkpoint is //tests/tools:resume_damaged_test).
 #  4. Non-finite losses: steps are skipped and logged, and the run stops after max_consecutive_bad_steps.
 set -uo pipefail
 TRAIN="$1"
 CONFIG="$2"
 MAKE_TOKENS="$3"
+LOSSES="$(dirname "$MAKE_TOKENS")/losses.py"
 T="${TEST_TMPDIR:-$(mktemp -d)}"
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
@@ -20,15 +22,7 @@ BASE="data { train { path: \"$T/train.bin\" } validation: \"$T/val.bin\" seq_len
 model { d_model: 32 n_layers: 2 n_heads: 2 moe { num_experts: 4 top_k: 2 expert_hidden: 32 } }
 optim { warmup_steps: 5 lr: 1e-2 } parallel { num_threads: 2 }
 train { steps: 40 eval_interval: 10 eval_batches: 2 } logging { log_interval: 5 } checkpoint { interval: 10 keep_last: 2 }"
-losses() {  # the train/eval records without timing fields, one per line
-  python3 -c "
-import json, sys
-for l in open(sys.argv[1]):
-    r = json.loads(l)
-    if r['kind'] in ('train', 'eval'):
-        print({k: v for k, v in r.items() if k not in ('tokens_per_s', 'elapsed_s') and not k.startswith('router/all_to_all')})
-" "$1"
-}
+losses() { python3 "$LOSSES" "$1"; }  # the train/eval records without timing fields
 
 "$TRAIN" --config="$CONFIG" --override="$BASE" --out_dir="$T/straight" --quiet || fail "straight run"
 "$TRAIN" --config="$CONFIG" --override="$BASE" --stop_at_step=20 --out_dir="$T/split" --quiet || fail "first half"
@@ -54,12 +48,15 @@ grep -q "resuming from .*step_00000010" "$T/killed.log" || { cat "$T/killed.log"
 diff <(losses "$T/straight/metrics.jsonl") <(losses "$T/killed/metrics.jsonl") || fail "losses after kill+resume differ"
 echo "ok: SIGKILL during checkpoint write -> resumed from step 10, identical losses"
 
-# 3. Corruption: flip one byte of the newest checkpoint's weights; then delete a file.
+# 3. Corruption: flip one byte of both checkpoints' weights (step 30 too, so that no intact one is left);
+#    then, with step 40's weights restored, delete its optimizer file.
 cp -r "$T/straight" "$T/corrupt"
-python3 - "$T/corrupt/checkpoints/step_00000040/model.safetensors" <<'PY'
+for s in 30 40; do
+python3 - "$T/corrupt/checkpoints/step_000000$s/model.safetensors" <<'PY'
 import sys
 p = sys.argv[1]; b = bytearray(open(p, "rb").read()); b[len(b) // 2] ^= 0x10; open(p, "wb").write(b)
 PY
+done
 before=$(md5sum "$T/corrupt/metrics.jsonl")
 "$TRAIN" --resume --override="$BASE" --override='train { steps: 50 }' --out_dir="$T/corrupt" --quiet 2>"$T/err"
 [[ $? != 0 ]] || fail "corrupted checkpoint accepted"
