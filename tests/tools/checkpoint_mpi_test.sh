@@ -11,6 +11,7 @@ set -uo pipefail
 TRAIN="$1"
 CONFIG="$2"
 MAKE_TOKENS="$3"
+LOSSES="$(dirname "$MAKE_TOKENS")/losses.py"
 T="${TEST_TMPDIR:-$(mktemp -d)}"
 export TMPDIR="$T" OMPI_MCA_btl_vader_backing_directory="$T"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -23,15 +24,7 @@ model { d_model: 32 n_layers: 2 n_heads: 2 moe { num_experts: 4 top_k: 2 expert_
 optim { warmup_steps: 5 lr: 1e-2 } parallel { num_threads: 1 expert_parallel_size: 2 }
 train { steps: 20 eval_interval: 0 } logging { log_interval: 2 } checkpoint { interval: 10 keep_last: 2 }"
 MPI=(timeout 300 mpirun --oversubscribe -np 2)
-losses() {  # the train records without timing fields, one per line
-  python3 -c "
-import json, sys
-for l in open(sys.argv[1]):
-    r = json.loads(l)
-    if r['kind'] == 'train':
-        print({k: v for k, v in r.items() if k not in ('tokens_per_s', 'elapsed_s') and not k.startswith('router/all_to_all')})
-" "$1"
-}
+losses() { python3 "$LOSSES" --train_only "$1"; }  # the train records without timing fields
 
 "${MPI[@]}" "$TRAIN" --config="$CONFIG" --override="$BASE" --out_dir="$T/straight" --quiet >"$T/straight.log" 2>&1 \
   || { cat "$T/straight.log"; fail "straight run"; }

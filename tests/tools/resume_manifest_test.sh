@@ -11,6 +11,7 @@ set -uo pipefail
 TRAIN="$1"
 CONFIG="$2"
 MAKE_TOKENS="$3"
+LOSSES="$(dirname "$MAKE_TOKENS")/losses.py"
 T="${TEST_TMPDIR:-$(mktemp -d)}"
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
@@ -19,15 +20,7 @@ BASE="data { train { path: \"$T/train.bin\" } validation: \"\" seq_len: 32 micro
 model { d_model: 32 n_layers: 2 n_heads: 2 moe { num_experts: 4 top_k: 2 expert_hidden: 32 } }
 optim { warmup_steps: 5 lr: 1e-2 } parallel { num_threads: 2 }
 train { steps: 20 eval_interval: 0 } logging { log_interval: 5 } checkpoint { interval: 10 keep_last: 3 }"
-losses() {
-  python3 -c "
-import json, sys
-for l in open(sys.argv[1]):
-    r = json.loads(l)
-    if r['kind'] == 'train':
-        print({k: v for k, v in r.items() if k not in ('tokens_per_s', 'elapsed_s') and not k.startswith('router/all_to_all')})
-" "$1"
-}
+losses() { python3 "$LOSSES" --train_only "$1"; }  # the train records without timing fields
 snapshot() { (cd "$1" && find . -type f | sort | xargs md5sum); }
 
 "$TRAIN" --config="$CONFIG" --override="$BASE" --out_dir="$T/straight" --quiet || fail "straight run"
