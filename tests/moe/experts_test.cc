@@ -5,6 +5,8 @@
 // one expert, and zero rows in total.
 #include "moe/experts.h"
 
+#include <numeric>
+
 #include <gtest/gtest.h>
 
 #include <string>
@@ -56,25 +58,28 @@ void ExpectClose(const at::Tensor& got, const at::Tensor& want, const std::strin
   EXPECT_LE(err, 1e-12 * scale) << what << ": max abs error " << err << " (scale " << scale << ")";
 }
 
-class GroupedSwiGluTest : public ::testing::TestWithParam<std::vector<int64_t>> {};
-
-TEST_P(GroupedSwiGluTest, MatchesAutogradOfThePlainFormula) {
-  const std::vector<int64_t> counts = GetParam();
-  int64_t S = 0;
-  for (int64_t c : counts) S += c;
+// kE experts of width kD / kF in `dtype`, weights N(0, 0.5^2) drawn in that dtype after manual_seed(seed).
+GroupedExperts RandomExperts(at::ScalarType dtype, uint64_t seed) {
   ExpertsOptions o;
   o.num_local_experts = kE;
   o.d_model = kD;
   o.hidden = kF;
   GroupedExperts experts(o);
-  experts->to(at::kDouble);
-  at::manual_seed(7);
-  {
-    at::NoGradGuard no_grad;
-    experts->w_gate.normal_(0, 0.5);
-    experts->w_up.normal_(0, 0.5);
-    experts->w_down.normal_(0, 0.5);
-  }
+  experts->to(dtype);
+  at::manual_seed(seed);
+  at::NoGradGuard no_grad;
+  for (auto& p : experts->parameters()) p.normal_(0, 0.5);
+  return experts;
+}
+
+int64_t TotalRows(const std::vector<int64_t>& counts) { return std::accumulate(counts.begin(), counts.end(), 0L); }
+
+class GroupedSwiGluTest : public ::testing::TestWithParam<std::vector<int64_t>> {};
+
+TEST_P(GroupedSwiGluTest, MatchesAutogradOfThePlainFormula) {
+  const std::vector<int64_t> counts = GetParam();
+  const int64_t S = TotalRows(counts);
+  GroupedExperts experts = RandomExperts(at::kDouble, 7);
   const at::Tensor x = at::randn({S, kD}, at::kDouble);
   // A non-contiguous upstream gradient (a transposed buffer), as a later op may hand back.
   const at::Tensor dy = at::randn({kD, S}, at::kDouble).t();
@@ -110,19 +115,8 @@ INSTANTIATE_TEST_SUITE_P(RowPatterns, GroupedSwiGluTest,
 // a whole row's contribution).
 TEST(GroupedSwiGlu, Bf16WithSplitRowCountsMatchesDoubleReference) {
   const std::vector<int64_t> counts = {130, 64, 0, 71};
-  int64_t S = 0;
-  for (int64_t c : counts) S += c;
-  ExpertsOptions o;
-  o.num_local_experts = kE;
-  o.d_model = kD;
-  o.hidden = kF;
-  GroupedExperts experts(o);
-  at::manual_seed(11);
-  {
-    at::NoGradGuard no_grad;
-    for (at::Tensor* w : {&experts->w_gate, &experts->w_up, &experts->w_down}) w->normal_(0, 0.5);
-  }
-  experts->to(at::kBFloat16);
+  const int64_t S = TotalRows(counts);
+  GroupedExperts experts = RandomExperts(at::kBFloat16, 11);
   const at::Tensor x = at::randn({S, kD}).to(at::kBFloat16), dy = at::randn({S, kD}).to(at::kBFloat16);
   const Result got = HandWritten(experts, x, counts, dy);
   const Result want = Reference(x.to(at::kDouble), experts->w_gate.to(at::kDouble), experts->w_up.to(at::kDouble),
@@ -143,17 +137,7 @@ TEST(GroupedSwiGlu, Bf16WithSplitRowCountsMatchesDoubleReference) {
 // agreement with another analytic gradient.
 TEST(GroupedSwiGlu, AgreesWithCentralDifferences) {
   const std::vector<int64_t> counts = {2, 0, 3, 1};
-  ExpertsOptions o;
-  o.num_local_experts = kE;
-  o.d_model = kD;
-  o.hidden = kF;
-  GroupedExperts experts(o);
-  experts->to(at::kDouble);
-  at::manual_seed(3);
-  {
-    at::NoGradGuard no_grad;
-    for (auto& p : experts->parameters()) p.normal_(0, 0.5);
-  }
+  GroupedExperts experts = RandomExperts(at::kDouble, 3);
   const at::Tensor x = at::randn({6, kD}, at::kDouble), dy = at::randn({6, kD}, at::kDouble);
   const Result got = HandWritten(experts, x, counts, dy);
   const auto objective = [&] {
