@@ -166,7 +166,9 @@ TEST(AllToAllDispatcher, Bf16WithAStarvedRank) {
   EXPECT_LE(err, 2e-2 * std::max(1.0, want.abs().max().item<double>())) << "rank " << me;
   EXPECT_EQ(x_bf16.grad().scalar_type(), at::kBFloat16);
   ASSERT_TRUE(ep->experts->w_up.grad().defined() || me == 1);
-  if (ep->experts->w_up.grad().defined()) EXPECT_EQ(ep->experts->w_up.grad().scalar_type(), at::kFloat);
+  if (ep->experts->w_up.grad().defined()) {
+    EXPECT_EQ(ep->experts->w_up.grad().scalar_type(), at::kFloat);
+  }
 }
 
 // One rank computing in bf16 while its peers send fp32 is refused by every rank at the counts exchange, with a
