@@ -58,19 +58,19 @@ at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tens
 AttentionImpl::AttentionImpl(const AttentionOptions& o) : options(o) {
   TORCH_CHECK(o.d_model % o.n_heads == 0, "d_model must be divisible by n_heads");
   const int64_t d = o.d_model;
-  wq = register_parameter("wq", at::empty({d, d}));
-  wk = register_parameter("wk", at::empty({d, d}));
-  wv = register_parameter("wv", at::empty({d, d}));
-  wo = register_parameter("wo", at::empty({d, d}));
+  wq = register_parameter("wq", at::empty({d, d}, ParamOptions()));
+  wk = register_parameter("wk", at::empty({d, d}, ParamOptions()));
+  wv = register_parameter("wv", at::empty({d, d}, ParamOptions()));
+  wo = register_parameter("wo", at::empty({d, d}, ParamOptions()));
   NormOptions norm_options(o.per_head_norm ? d / o.n_heads : d);
   norm_options.kind = o.norm_kind;
   norm_options.eps = o.eps;
   if (o.q_norm) q_norm = register_module("q_norm", Norm(norm_options));
   if (o.k_norm) k_norm = register_module("k_norm", Norm(norm_options));
   if (o.v_norm) v_norm = register_module("v_norm", Norm(norm_options));
-  if (o.head_scale) head_scale = register_parameter("head_scale", at::ones({o.n_heads}));
-  rope_cos_ = register_buffer("rope_cos", at::empty({0, d / o.n_heads}));
-  rope_sin_ = register_buffer("rope_sin", at::empty({0, d / o.n_heads}));
+  if (o.head_scale) head_scale = register_parameter("head_scale", at::ones({o.n_heads}, ParamOptions()));
+  rope_cos_ = register_buffer("rope_cos", at::empty({0, d / o.n_heads}, ParamOptions()));
+  rope_sin_ = register_buffer("rope_sin", at::empty({0, d / o.n_heads}, ParamOptions()));
 }
 
 std::pair<at::Tensor, at::Tensor> AttentionImpl::RopeTables(int64_t seq_len) {

@@ -16,9 +16,9 @@ at::Tensor swiglu(const at::Tensor& x, const at::Tensor& w_gate, const at::Tenso
 }
 
 FeedForwardImpl::FeedForwardImpl(const FeedForwardOptions& o) : options(o) {
-  w_gate = register_parameter("w_gate", at::empty({o.hidden, o.d_model}));
-  w_up = register_parameter("w_up", at::empty({o.hidden, o.d_model}));
-  w_down = register_parameter("w_down", at::empty({o.d_model, o.hidden}));
+  w_gate = register_parameter("w_gate", at::empty({o.hidden, o.d_model}, ParamOptions()));
+  w_up = register_parameter("w_up", at::empty({o.hidden, o.d_model}, ParamOptions()));
+  w_down = register_parameter("w_down", at::empty({o.d_model, o.hidden}, ParamOptions()));
   if (o.hidden_norm) {
     NormOptions n(o.hidden);
     n.kind = o.norm_kind;

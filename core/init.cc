@@ -6,6 +6,15 @@
 
 namespace hybridmoe {
 
+namespace {
+thread_local at::Device construction_device = at::kCPU;
+}  // namespace
+
+ParamDeviceScope::ParamDeviceScope(at::Device device) : previous_(construction_device) { construction_device = device; }
+ParamDeviceScope::~ParamDeviceScope() { construction_device = previous_; }
+
+at::TensorOptions ParamOptions() { return at::TensorOptions(at::kFloat).device(construction_device); }
+
 uint64_t InitSeed(uint64_t run_seed, const std::string& name, int64_t index) {
   // FNV-1a over the name, mixed with the seed and index by splitmix64.
   uint64_t h = 1469598103934665603ull;
@@ -17,6 +26,7 @@ uint64_t InitSeed(uint64_t run_seed, const std::string& name, int64_t index) {
 }
 
 void trunc_normal_(at::Tensor t, double std, uint64_t seed) {
+  if (t.is_meta()) return;
   at::NoGradGuard no_grad;
   // Inverse-CDF sampling: uniform over [cdf(-3), cdf(3)], mapped back through erfinv.
   const double lo = 0.5 * (1.0 + std::erf(-3.0 / std::sqrt(2.0)));

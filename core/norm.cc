@@ -1,5 +1,7 @@
 #include "core/norm.h"
 
+#include "core/init.h"
+
 namespace hybridmoe {
 
 at::Tensor at_least_fp32(const at::Tensor& x) {
@@ -17,11 +19,12 @@ at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const at::T
 }
 
 NormImpl::NormImpl(const NormOptions& options) : options(options) {
-  weight = register_parameter("weight", at::ones({options.dim}));
-  if (options.kind == NormKind::kLayer) bias = register_parameter("bias", at::zeros({options.dim}));
+  weight = register_parameter("weight", at::ones({options.dim}, ParamOptions()));
+  if (options.kind == NormKind::kLayer) bias = register_parameter("bias", at::zeros({options.dim}, ParamOptions()));
 }
 
 void NormImpl::reset_parameters() {
+  if (weight.is_meta()) return;
   at::NoGradGuard no_grad;
   weight.fill_(1.0);
   if (bias.defined()) bias.zero_();

@@ -13,7 +13,39 @@ int64_t NormsOfForm(SubLayerForm form) { return int64_t{UsesInputNorm(form)} + i
 
 ParamCount Dense(int64_t n) { return {n, n}; }
 
+constexpr int64_t kGiB = int64_t{1} << 30;
+constexpr int64_t kRuntimeBytes = kGiB / 2;
+
+// Activation bytes per token of a micro-batch (everything AccountMemory's activations term counts).
+int64_t ActivationBytesPerToken(const ModelConfig& m, const std::vector<BlockAccount>& blocks, bool bf16,
+                                bool checkpointing) {
+  const int64_t c = bf16 ? 2 : 4, d = m.d_model(), V = m.vocab_size();
+  int64_t sum = 0, largest = 0;
+  for (const BlockAccount& b : blocks) {
+    const int64_t bytes =
+        c * b.activation_elements_per_token + 4 * b.activation_fp32_elements_per_token + (bf16 ? 8 * d * b.norms : 0);
+    sum += bytes;
+    largest = std::max(largest, bytes);
+  }
+  const int64_t head = 2 * d * c + V * (c + 12);
+  const int64_t body = checkpointing ? static_cast<int64_t>(blocks.size()) * d * c + largest : sum;
+  return body + head;
+}
+
+// All-to-all staging bytes per token (send + receive of one exchange), zero without expert parallelism.
+int64_t AllToAllBytesPerToken(const ModelConfig& m, int ep, bool bf16) {
+  if (ep <= 1) return 0;
+  return 2 * int64_t{m.moe().top_k()} * m.d_model() * (bf16 ? 2 : 4);
+}
+
 }  // namespace
+
+std::vector<std::pair<std::string, int64_t>> MemoryPerRank::Terms() const {
+  return {{"weights", weights},         {"compute_copies", compute_copies},
+          {"gradients", gradients},     {"optimizer", optimizer},
+          {"activations", activations}, {"all_to_all", all_to_all},
+          {"runtime", runtime},         {"total", total}};
+}
 
 ParamCount ParamBreakdown::Sum() const {
   ParamCount s;
@@ -60,9 +92,10 @@ std::vector<BlockAccount> AccountBlocks(const ModelConfig& model) {
     const BlockLayout layout = ResolveBlockLayout(o.norm, i, L);
     BlockAccount b;
     b.layer = i;
-    b.moe = IsMoeLayer(i, o.moe_every_n_layers);
+    b.moe = IsMoeLayer(i, o.moe_every_n_layers, o.moe_first_dense_layers);
     ParamBreakdown& p = b.params;
-    int64_t act = 7 * d + H;  // attention: projection input, q, k, v, roped q, k, output; log-sum-exp
+    int64_t act = 7 * d;   // attention: projection input, q, k, v, roped q, k, output
+    int64_t act_fp32 = H;  // softmax log-sum-exp
 
     p.attention = Dense(4 * d * d);
     const int64_t n_qkv_norms = int64_t{layout.q_norm} + layout.k_norm + layout.v_norm;
@@ -71,6 +104,7 @@ std::vector<BlockAccount> AccountBlocks(const ModelConfig& model) {
     const int64_t n_block_norms = NormsOfForm(layout.attn_form) + NormsOfForm(layout.ffn_form);
     p.block_norms = Dense(n_block_norms * d * norm_factor);
     act += n_block_norms * d;
+    b.norms = n_qkv_norms + n_block_norms;
 
     int64_t extras = layout.head_scale ? H : 0;
     if (layout.head_scale) act += d;
@@ -84,7 +118,8 @@ std::vector<BlockAccount> AccountBlocks(const ModelConfig& model) {
       p.normformer.total += E * hidden_norm;
       p.normformer.active += k * hidden_norm;
       p.expert_sharded = E * (expert + hidden_norm);
-      act += d + 2 * E + k * (2 * d + 4 * f) + (layout.ffn_hidden_norm ? k * f : 0);
+      act += d + k * (2 * d + 4 * f) + (layout.ffn_hidden_norm ? k * f : 0);
+      act_fp32 += 2 * E;  // router logits and probabilities
     } else {
       p.dense_ffn = Dense(3 * d * F);
       if (layout.ffn_hidden_norm) {
@@ -93,6 +128,7 @@ std::vector<BlockAccount> AccountBlocks(const ModelConfig& model) {
       }
       act += d + 4 * F + (layout.ffn_hidden_norm ? F : 0);
     }
+    b.activation_fp32_elements_per_token = act_fp32;
     b.activation_elements_per_token = act;
     blocks.push_back(b);
   }
@@ -121,7 +157,7 @@ ModelAccount AccountModel(const TrainConfig& config, int world_size) {
   const ParamBreakdown& p = a.params;
   a.matmul_params_active =
       p.attention.active + p.router.active + p.experts.active + p.dense_ffn.active + p.lm_head.active;
-  const int64_t V = m.vocab_size(), d = m.d_model(), L = m.n_layers(), S = config.data().seq_len();
+  const int64_t d = m.d_model(), L = m.n_layers(), S = config.data().seq_len();
   a.flops_per_token_forward = 2 * a.matmul_params_active + 4 * L * S * d;
   a.flops_per_token_train = 3 * a.flops_per_token_forward;
 
@@ -130,16 +166,69 @@ ModelAccount AccountModel(const TrainConfig& config, int world_size) {
   a.params_per_rank = a.total_params - p.expert_sharded + p.expert_sharded / a.expert_parallel_size;
   a.tokens_per_micro_batch = int64_t{config.data().micro_batch_size()} * S;
 
-  int64_t act_per_token = 2 * d + 2 * V;
-  for (const BlockAccount& b : a.blocks) act_per_token += b.activation_elements_per_token;
-  constexpr int64_t kFp32 = 4;
-  MemoryPerRank& mem = a.memory;
-  mem.weights = kFp32 * a.params_per_rank;
-  mem.gradients = kFp32 * a.params_per_rank;
-  mem.optimizer = 2 * kFp32 * a.params_per_rank;
-  mem.activations = kFp32 * a.tokens_per_micro_batch * act_per_token;
-  mem.total = mem.weights + mem.gradients + mem.optimizer + mem.activations;
+  MemoryLayout& l = a.layout;
+  l.expert_parallel_size = a.expert_parallel_size;
+  l.bf16 = config.train().precision() == TrainRunConfig::BF16;
+  l.activation_checkpointing = m.activation_checkpointing();
+  l.micro_batch_size = config.data().micro_batch_size();
+  l.seq_len = S;
+  a.gemm_params_per_rank =
+      p.attention.total + p.dense_ffn.total + p.lm_head.total + p.experts.total / a.expert_parallel_size;
+  a.memory = AccountMemory(m, l);
   return a;
+}
+
+MemoryPerRank AccountMemory(const ModelConfig& m, const MemoryLayout& l) {
+  const std::vector<BlockAccount> blocks = AccountBlocks(m);
+  const ParamBreakdown p = CountParams(m);
+  const int ep = std::max(1, l.expert_parallel_size);
+  const int64_t params = p.Sum().total - p.expert_sharded + p.expert_sharded / ep;
+  const int64_t gemm = p.attention.total + p.dense_ffn.total + p.lm_head.total + p.experts.total / ep;
+  const int64_t tokens = l.micro_batch_size * l.seq_len;
+  MemoryPerRank mem;
+  mem.weights = 4 * params;
+  mem.compute_copies = l.bf16 ? 2 * gemm : 0;
+  mem.gradients = 4 * params;
+  mem.optimizer = 8 * params;
+  mem.activations = tokens * ActivationBytesPerToken(m, blocks, l.bf16, l.activation_checkpointing);
+  mem.all_to_all = tokens * AllToAllBytesPerToken(m, ep, l.bf16);
+  mem.runtime = kRuntimeBytes;
+  mem.total = mem.fixed() + mem.activations + mem.all_to_all;
+  return mem;
+}
+
+std::vector<FitRow> WhatFits(const TrainConfig& config, int world_size, int64_t device_bytes) {
+  const ModelConfig& m = config.model();
+  const int64_t E = m.moe().every_n_layers() > 0 ? m.moe().num_experts() : 1;
+  const std::vector<BlockAccount> blocks = AccountBlocks(m);
+  std::vector<FitRow> rows;
+  for (int ep = 1; ep <= world_size; ++ep) {
+    if (world_size % ep != 0 || E % ep != 0) continue;
+    for (const bool bf16 : {false, true}) {
+      for (const bool checkpointing : {false, true}) {
+        FitRow r;
+        r.expert_parallel_size = ep;
+        r.bf16 = bf16;
+        r.activation_checkpointing = checkpointing;
+        MemoryLayout l;
+        l.expert_parallel_size = ep;
+        l.bf16 = bf16;
+        l.activation_checkpointing = checkpointing;
+        l.micro_batch_size = config.data().micro_batch_size();
+        l.seq_len = config.data().seq_len();
+        r.at_config = AccountMemory(m, l);
+        r.fits = r.at_config.total <= device_bytes;
+        const int64_t per_token =
+            ActivationBytesPerToken(m, blocks, bf16, checkpointing) + AllToAllBytesPerToken(m, ep, bf16);
+        const int64_t room = device_bytes - r.at_config.fixed();
+        r.max_tokens = room > 0 ? room / per_token : 0;
+        r.max_micro_batch = r.max_tokens / std::max<int64_t>(1, l.seq_len);
+        r.max_seq_len = r.max_tokens;
+        rows.push_back(r);
+      }
+    }
+  }
+  return rows;
 }
 
 }  // namespace hybridmoe

@@ -127,7 +127,9 @@ TransformerBlockImpl::TransformerBlockImpl(const BlockOptions& o) : options(o) {
     f.eps = o.norm.eps;
     ffn = register_module("ffn", FeedForward(f));
   }
-  if (layout.ffn_residual_scale) ffn_residual_scale = register_parameter("ffn_residual_scale", at::ones({1}));
+  if (layout.ffn_residual_scale) {
+    ffn_residual_scale = register_parameter("ffn_residual_scale", at::ones({1}, ParamOptions()));
+  }
 }
 
 void TransformerBlockImpl::reset_parameters(const InitPlan& plan, const std::string& prefix) {

@@ -140,7 +140,7 @@ InitPlan MakeInitPlan(const TransformerOptions& o, uint64_t seed) {
 }
 
 TransformerImpl::TransformerImpl(const TransformerOptions& o) : options(o) {
-  embed = register_parameter("embed", at::empty({o.vocab_size, o.d_model}));
+  embed = register_parameter("embed", at::empty({o.vocab_size, o.d_model}, ParamOptions()));
   auto list = register_module("blocks", torch::nn::ModuleList());
   for (int64_t i = 0; i < o.n_layers; ++i) {
     BlockOptions b;
@@ -161,7 +161,7 @@ TransformerImpl::TransformerImpl(const TransformerOptions& o) : options(o) {
   n.kind = o.norm.kind;
   n.eps = o.norm.eps;
   final_norm = register_module("final_norm", Norm(n));
-  lm_head = register_parameter("lm_head", at::empty({o.vocab_size, o.d_model}));
+  lm_head = register_parameter("lm_head", at::empty({o.vocab_size, o.d_model}, ParamOptions()));
 }
 
 void TransformerImpl::reset_parameters(uint64_t seed) {

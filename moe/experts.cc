@@ -118,12 +118,13 @@ class GroupedSwiGlu : public torch::autograd::Function<GroupedSwiGlu> {
 
 GroupedExpertsImpl::GroupedExpertsImpl(const ExpertsOptions& o) : options(o) {
   const int64_t E = o.num_local_experts, D = o.d_model, F = o.hidden;
-  w_gate = register_parameter("w_gate", at::empty({E, F, D}));
-  w_up = register_parameter("w_up", at::empty({E, F, D}));
-  w_down = register_parameter("w_down", at::empty({E, D, F}));
+  w_gate = register_parameter("w_gate", at::empty({E, F, D}, ParamOptions()));
+  w_up = register_parameter("w_up", at::empty({E, F, D}, ParamOptions()));
+  w_down = register_parameter("w_down", at::empty({E, D, F}, ParamOptions()));
   if (o.hidden_norm) {
-    hidden_norm = register_parameter("hidden_norm", at::ones({E, F}));
-    if (o.norm_kind == NormKind::kLayer) hidden_norm_bias = register_parameter("hidden_norm_bias", at::zeros({E, F}));
+    hidden_norm = register_parameter("hidden_norm", at::ones({E, F}, ParamOptions()));
+    if (o.norm_kind == NormKind::kLayer)
+      hidden_norm_bias = register_parameter("hidden_norm_bias", at::zeros({E, F}, ParamOptions()));
   }
 }
 
@@ -135,8 +136,8 @@ void GroupedExpertsImpl::reset_parameters(const InitPlan& plan, const std::strin
     trunc_normal_(w_up[e], plan.std_in * plan.residual_scale, InitSeed(plan.seed, prefix + "w_up", global));
     trunc_normal_(w_down[e], plan.std_out * plan.residual_scale, InitSeed(plan.seed, prefix + "w_down", global));
   }
-  if (hidden_norm.defined()) hidden_norm.fill_(1.0);
-  if (hidden_norm_bias.defined()) hidden_norm_bias.zero_();
+  if (hidden_norm.defined() && !hidden_norm.is_meta()) hidden_norm.fill_(1.0);
+  if (hidden_norm_bias.defined() && !hidden_norm_bias.is_meta()) hidden_norm_bias.zero_();
 }
 
 void GroupedExpertsImpl::set_compute_copies(ComputeCopies* copies) {

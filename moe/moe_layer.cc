@@ -38,7 +38,7 @@ std::vector<double> RouterStats::sums() const {
 }
 
 MoeLayerImpl::MoeLayerImpl(const MoeOptions& o, std::shared_ptr<TokenDispatcher> d) : options(o) {
-  router = register_parameter("router", at::empty({o.num_experts, o.d_model}));
+  router = register_parameter("router", at::empty({o.num_experts, o.d_model}, ParamOptions()));
   if (!o.router_logit_bias.empty()) {
     TORCH_CHECK(static_cast<int64_t>(o.router_logit_bias.size()) == o.num_experts, "router_logit_bias has ",
                 o.router_logit_bias.size(), " values for ", o.num_experts, " experts");

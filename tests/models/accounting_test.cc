@@ -178,7 +178,11 @@ TEST(AccountingTest, ExpertParallelShardMatchesBuiltShard) {
     EXPECT_EQ(a.memory.weights, 4 * numel);
     EXPECT_EQ(a.memory.gradients, 4 * numel);
     EXPECT_EQ(a.memory.optimizer, 8 * numel);
-    EXPECT_EQ(a.memory.total, a.memory.weights + a.memory.gradients + a.memory.optimizer + a.memory.activations);
+    int64_t sum = 0;
+    for (const auto& [name, bytes] : a.memory.Terms()) sum += name == "total" ? 0 : bytes;
+    EXPECT_EQ(a.memory.total, sum);
+    EXPECT_EQ(a.memory.compute_copies, 0);  // FP32
+    EXPECT_EQ(a.memory.all_to_all > 0, ep > 1);
   }
 }
 
@@ -233,6 +237,79 @@ TEST(AccountingTest, OlmoeExpertParallelMemory) {
   const ModelAccount one = AccountModel(Load("configs/olmoe_1b7b.textproto"), 1);
   EXPECT_EQ(a.memory.activations, one.memory.activations);  // balanced routing: same slots per rank
   EXPECT_LT(a.memory.total, one.memory.total);
+}
+
+// The memory terms of tools/plan for the layouts a run can choose (models/accounting.h has the formulas).
+TEST(AccountingTest, MemoryFollowsPrecisionCheckpointingAndTokens) {
+  const TrainConfig config = Load("configs/olmoe_1b7b.textproto");
+  const ModelAccount a = AccountModel(config, 1);
+  MemoryLayout l = a.layout;
+  EXPECT_FALSE(l.bf16);
+  EXPECT_EQ(l.micro_batch_size, 2);
+  EXPECT_EQ(l.seq_len, 4096);
+  const MemoryPerRank fp32 = AccountMemory(config.model(), l);
+  EXPECT_EQ(fp32.total, a.memory.total);
+  l.bf16 = true;
+  const MemoryPerRank bf16 = AccountMemory(config.model(), l);
+  // One bf16 copy of the GEMM weights: everything but the embedding, the router and the norms.
+  const int64_t gemm = a.total_params - a.params.embedding.total - a.params.router.total - a.params.qkv_norms.total -
+                       a.params.block_norms.total - a.params.final_norm.total;
+  EXPECT_EQ(a.gemm_params_per_rank, gemm);
+  EXPECT_EQ(bf16.compute_copies, 2 * gemm);
+  EXPECT_EQ(bf16.weights, fp32.weights);
+  EXPECT_EQ(bf16.gradients, fp32.gradients);
+  EXPECT_LT(bf16.activations, fp32.activations);
+  EXPECT_GT(bf16.activations, fp32.activations / 2);  // the router, norm statistics and loss stay fp32
+  l.activation_checkpointing = true;
+  const MemoryPerRank ckpt = AccountMemory(config.model(), l);
+  EXPECT_LT(ckpt.activations, bf16.activations / 4);
+  // Activations and all-to-all buffers are linear in tokens; the rest does not depend on them.
+  l.expert_parallel_size = 8;
+  const MemoryPerRank one = AccountMemory(config.model(), l);
+  l.seq_len *= 3;
+  const MemoryPerRank three = AccountMemory(config.model(), l);
+  EXPECT_EQ(three.activations, 3 * one.activations);
+  EXPECT_EQ(three.all_to_all, 3 * one.all_to_all);
+  EXPECT_GT(one.all_to_all, 0);
+  EXPECT_EQ(three.fixed(), one.fixed());
+}
+
+TEST(AccountingTest, WhatFitsIsConsistentWithAccountMemory) {
+  const TrainConfig config = Load("configs/olmoe_1b7b.textproto");
+  const int64_t h200 = 141'000'000'000, a100 = 80'000'000'000;
+  // One 141 GB GPU: the fp32 states alone are 16 B x 6.92B = 110.7 GB; 2 x 4096 tokens of activations without
+  // checkpointing do not fit on top, with checkpointing they do.
+  const std::vector<FitRow> one = WhatFits(config, 1, h200);
+  ASSERT_EQ(one.size(), 4u);  // EP 1 x {FP32, BF16} x {off, on}
+  EXPECT_FALSE(one[0].fits);
+  EXPECT_TRUE(one[1].fits);
+  EXPECT_TRUE(one[1].activation_checkpointing && !one[1].bf16);
+  // Eight 80 GB GPUs: EP 1, 2, 4, 8 (the divisors of 8 that divide 64 experts).
+  const std::vector<FitRow> eight = WhatFits(config, 8, a100);
+  ASSERT_EQ(eight.size(), 16u);
+  for (const FitRow& r : eight) {
+    MemoryLayout l;
+    l.expert_parallel_size = r.expert_parallel_size;
+    l.bf16 = r.bf16;
+    l.activation_checkpointing = r.activation_checkpointing;
+    l.seq_len = 4096;
+    l.micro_batch_size = r.max_micro_batch + 1;
+    EXPECT_GT(AccountMemory(config.model(), l).total, a100) << r.expert_parallel_size;
+    EXPECT_EQ(r.fits, r.at_config.total <= a100);
+    if (r.max_tokens == 0) {
+      EXPECT_GT(AccountMemory(config.model(), l).fixed(), a100);  // the states alone do not fit
+      continue;
+    }
+    l.micro_batch_size = r.max_micro_batch;
+    EXPECT_LE(AccountMemory(config.model(), l).total, a100) << r.expert_parallel_size;
+    l.micro_batch_size = 1;
+    l.seq_len = r.max_seq_len;
+    EXPECT_LE(AccountMemory(config.model(), l).total, a100);
+    l.seq_len = r.max_seq_len + 1;
+    EXPECT_GT(AccountMemory(config.model(), l).total, a100);
+  }
+  EXPECT_EQ(eight[0].max_tokens, 0);           // EP 1 fp32: 110.7 GB of states on an 80 GB GPU
+  EXPECT_GT(eight.back().max_micro_batch, 2);  // EP 8 BF16 with checkpointing
 }
 
 }  // namespace
