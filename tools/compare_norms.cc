@@ -1,16 +1,21 @@
 // bazel-bin/tools/compare_norms --config=BASE.textproto --strategies=PRE_NORM,HYBRID_NORM,... [--out=DIR]
 //     [--override='TEXTPROTO']... [--launcher='mpirun -np 2'] [--train_bin=PATH] [--target_loss=X]
 //     [--grad_steps=1,150,300] [--final_window=5] [--report_only]
+//     [--seeds=N | --seeds=S1,S2,...] [--depths=4,12,24] [--baseline=PRE_NORM] [--variant_override=KEY:TEXTPROTO]
 // Trains one variant per norm strategy with everything else identical (config, seed, data order, tokens,
 // schedule), one after another, each as a child `train` process into DIR/<STRATEGY>/ (its log in
 // DIR/<STRATEGY>/train.log), then writes DIR/report.md, report.html, summary.csv, curves.csv and
-// grad_norms.csv (tools/compare_report.h). Re-running the same command resumes an interrupted sweep:
+// grad_norms.csv (tools/compare_report.h). With --seeds and/or --depths every strategy is trained once per
+// (depth, seed) into DIR/[depth_<L>/]<STRATEGY>[/seed_<S>]/ (train.seed = S, which also sets the data
+// order; model.n_layers = L), and the report adds the mean and spread over seeds, Welch's t-test against
+// --baseline, and groups.csv. Re-running the same command resumes an interrupted sweep:
 // complete variants (final checkpoint present) and diverged ones (DIR/<STRATEGY>/sweep_status.json) are
 // not rerun, a half-finished variant continues from its newest checkpoint. A diverging variant is reported,
 // never a crash of the sweep. Exit 0 when every variant completed or diverged, 1 otherwise or on bad input.
 // See docs/compare_norms.md.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -91,25 +96,87 @@ absl::Status CheckSameConfig(const std::string& path, const TrainConfig& expecte
 }
 
 struct Flags {
-  std::string config, out, train_bin, target_text, grad_steps_text, cmdline;
-  std::vector<std::string> overrides, strategies, launcher, variant_env;
+  std::string config, out, train_bin, target_text, grad_steps_text, cmdline, baseline;
+  std::vector<std::string> overrides, strategies, launcher, variant_env, variant_overrides;
+  std::vector<uint64_t> seeds;  // empty: the config's seed, no seed_<S> directory level
+  std::vector<int64_t> depths;  // empty: the config's n_layers, no depth_<L> directory level
   int final_window = 5;
   bool report_only = false;
 };
 
-std::string VariantOverride(const std::string& strategy) {
-  return absl::StrCat("model { norm { strategy: ", strategy,
-                      " } } logging { per_layer_grad_norms: true } checkpoint { save_final: true }");
+// One run of the sweep: a strategy at one depth with one seed.
+struct Variant {
+  std::string strategy;
+  int64_t depth = 0;  // 0: the config's n_layers
+  bool has_seed = false;
+  uint64_t seed = 0;
+  std::string rel;  // run directory relative to --out, also the run's name in logs and the report
+};
+
+std::vector<Variant> Variants(const Flags& f) {
+  std::vector<Variant> out;
+  const std::vector<int64_t> depths = f.depths.empty() ? std::vector<int64_t>{0} : f.depths;
+  const size_t n_seeds = f.seeds.empty() ? 1 : f.seeds.size();
+  // Seeds outermost: an interrupted sweep has whole seeds of every strategy and depth first.
+  for (size_t si = 0; si < n_seeds; ++si) {
+    for (int64_t depth : depths) {
+      for (const std::string& s : f.strategies) {
+        Variant v;
+        v.strategy = s;
+        v.depth = depth;
+        v.has_seed = !f.seeds.empty();
+        v.seed = v.has_seed ? f.seeds[si] : 0;
+        v.rel = absl::StrCat(depth > 0 ? absl::StrCat("depth_", depth, "/") : "", s,
+                             v.has_seed ? absl::StrCat("/seed_", v.seed) : "");
+        out.push_back(v);
+      }
+    }
+  }
+  return out;
+}
+
+std::string VariantOverride(const Variant& v) {
+  std::string o = absl::StrCat("model { norm { strategy: ", v.strategy, " }",
+                               v.depth > 0 ? absl::StrCat(" n_layers: ", v.depth) : "",
+                               " } logging { per_layer_grad_norms: true } checkpoint { save_final: true }");
+  if (v.has_seed) absl::StrAppend(&o, " train { seed: ", v.seed, " }");
+  return o;
+}
+
+// --variant_env / --variant_override KEY:...: KEY is a strategy name, or the run directory of a variant
+// relative to --out, or leading components of it ("depth_4", "depth_4/POST_NORM", "POST_NORM/seed_2").
+bool KeyMatches(const std::string& key, const Variant& v) {
+  if (key == v.strategy) return true;
+  return v.rel == key ||
+         (v.rel.size() > key.size() && v.rel.compare(0, key.size(), key) == 0 && v.rel[key.size()] == '/');
+}
+
+std::vector<std::string> Matching(const std::vector<std::string>& entries, const Variant& v) {
+  std::vector<std::string> out;
+  for (const std::string& e : entries) {
+    const size_t colon = e.find(':');
+    if (KeyMatches(e.substr(0, colon), v)) out.push_back(e.substr(colon + 1));
+  }
+  return out;
+}
+
+// The overrides of one variant, in order: --override..., the variant's own, its --variant_override....
+std::vector<std::string> VariantOverrides(const Flags& f, const Variant& v) {
+  std::vector<std::string> o = f.overrides;
+  o.push_back(VariantOverride(v));
+  for (const std::string& extra : Matching(f.variant_overrides, v)) o.push_back(extra);
+  return o;
 }
 
 // Trains every variant that is not complete or diverged yet; returns false if any failed.
-absl::StatusOr<bool> RunSweep(const Flags& f, const std::vector<TrainConfig>& configs) {
+absl::StatusOr<bool> RunSweep(const Flags& f, const std::vector<Variant>& variants,
+                              const std::vector<TrainConfig>& configs) {
   bool all_ok = true, logged_command = false;
   double seconds_per_step = NAN;
-  const int64_t steps = configs[0].train().steps();
-  const size_t n = f.strategies.size();
+  const size_t n = variants.size();
   for (size_t i = 0; i < n; ++i) {
-    const std::string& name = f.strategies[i];
+    const std::string& name = variants[i].rel;
+    const int64_t steps = configs[i].train().steps();
     const std::string dir = f.out + "/" + name;
     const std::string tag = absl::StrFormat("[compare_norms] %d/%d %s:", i + 1, n, name);
     VariantStatus status = ReadStatus(dir);
@@ -138,14 +205,10 @@ absl::StatusOr<bool> RunSweep(const Flags& f, const std::vector<TrainConfig>& co
     std::vector<std::string> argv = f.launcher;
     argv.push_back(f.train_bin);
     argv.push_back("--config=" + f.config);
-    for (const std::string& o : f.overrides) argv.push_back("--override=" + o);
-    argv.push_back("--override=" + VariantOverride(name));
+    for (const std::string& o : VariantOverrides(f, variants[i])) argv.push_back("--override=" + o);
     argv.push_back("--out_dir=" + dir);
     if (resume) argv.push_back("--resume");
-    std::vector<std::string> env;
-    for (const std::string& e : f.variant_env) {
-      if (e.rfind(name + ":", 0) == 0) env.push_back(e.substr(name.size() + 1));
-    }
+    const std::vector<std::string> env = Matching(f.variant_env, variants[i]);
     const size_t remaining = n - i;
     std::fprintf(stderr, "%s %s -> %s (log: %s/train.log) | sweep ETA %s\n", tag.c_str(),
                  resume ? absl::StrCat("resuming (last logged step ", start_step, ")").c_str() : "training",
@@ -201,9 +264,12 @@ std::vector<int64_t> DefaultGradSteps(const std::vector<const RunMetrics*>& runs
   return out;
 }
 
-absl::Status WriteReport(const Flags& f, const std::vector<TrainConfig>& configs) {
+absl::Status WriteReport(const Flags& f, const std::vector<Variant>& variants,
+                         const std::vector<TrainConfig>& configs) {
   SweepReport report;
   const TrainConfig& c = configs[0];
+  report.grouped = !f.seeds.empty() || !f.depths.empty();
+  report.baseline = f.baseline;
   report.title = absl::StrCat("Norm strategy comparison: ", f.config);
   report.summary_options.final_window = f.final_window;
   report.num_experts = c.model().moe().num_experts();
@@ -217,23 +283,32 @@ absl::Status WriteReport(const Flags& f, const std::vector<TrainConfig>& configs
       {"base config", f.config},
       {"overrides (all variants)", f.overrides.empty() ? "none" : absl::StrJoin(f.overrides, " ; ")},
       {"launcher", f.launcher.empty() ? "none (one process per variant)" : absl::StrJoin(f.launcher, " ")},
-      {"model", absl::StrFormat("d_model %d, %d layers, %d heads, %d experts top-%d, expert hidden %d, vocab %d",
-                                m.d_model(), m.n_layers(), m.n_heads(), m.moe().num_experts(), m.moe().top_k(),
-                                m.moe().expert_hidden(), m.vocab_size())},
-      {"schedule", absl::StrFormat("%d steps, lr %g, warmup %d, cosine to %g x lr, grad clip %g, seed %d",
-                                   c.train().steps(), c.optim().lr(), c.optim().warmup_steps(),
-                                   c.optim().min_lr_ratio(), c.optim().grad_clip(), c.train().seed())},
+      {"model",
+       absl::StrFormat(
+           "d_model %d, %s layers, %d heads, %d experts top-%d, expert hidden %d, vocab %d", m.d_model(),
+           f.depths.empty() ? absl::StrCat(m.n_layers()) : absl::StrCat(absl::StrJoin(f.depths, ","), " (--depths)"),
+           m.n_heads(), m.moe().num_experts(), m.moe().top_k(), m.moe().expert_hidden(), m.vocab_size())},
+      {"schedule",
+       absl::StrFormat("%d steps, lr %g, warmup %d, cosine to %g x lr, grad clip %g, seed %s", c.train().steps(),
+                       c.optim().lr(), c.optim().warmup_steps(), c.optim().min_lr_ratio(), c.optim().grad_clip(),
+                       f.seeds.empty() ? absl::StrCat(c.train().seed())
+                                       : absl::StrCat(absl::StrJoin(f.seeds, ","),
+                                                      " (--seeds: train.seed, which also sets the "
+                                                      "data order; the init follows it too)"))},
       {"batch", absl::StrFormat("seq_len %d x micro_batch %d x grad_accum %d per rank", d.seq_len(),
                                 d.micro_batch_size(), d.grad_accum_steps())},
       {"data", absl::StrCat(d.train_size() > 0 ? d.train(0).path() : "?", " (validation ", d.validation(), ")")},
   };
   std::vector<const RunMetrics*> runs;
   std::vector<std::string> names;
-  report.variants.resize(f.strategies.size());
-  for (size_t i = 0; i < f.strategies.size(); ++i) {
+  report.variants.resize(variants.size());
+  for (size_t i = 0; i < variants.size(); ++i) {
     VariantResult& v = report.variants[i];
-    v.strategy = f.strategies[i];
-    const std::string dir = f.out + "/" + v.strategy;
+    v.strategy = variants[i].strategy;
+    v.label = variants[i].rel;
+    v.depth = configs[i].model().n_layers();
+    v.seed = configs[i].train().seed();
+    const std::string dir = f.out + "/" + v.label;
     const VariantStatus st = ReadStatus(dir);
     v.wall_s = st.status.empty() ? NAN : st.wall_s;
     v.message = st.message;
@@ -246,7 +321,7 @@ absl::Status WriteReport(const Flags& f, const std::vector<TrainConfig>& configs
     else
       v.status = metrics.ok() ? "incomplete" : "not run";
     runs.push_back(&v.metrics);
-    names.push_back(v.strategy);
+    names.push_back(v.label);
   }
   std::vector<VariantSummary> first;
   for (const VariantResult& v : report.variants) first.push_back(Summarize(v.metrics, report.summary_options));
@@ -278,7 +353,26 @@ absl::Status WriteReport(const Flags& f, const std::vector<TrainConfig>& configs
       report.grad_steps.push_back(step);
     }
   }
-  report.data_order = CompareDataOrder(names, runs);
+  if (f.seeds.empty()) {
+    report.data_order = CompareDataOrder(names, runs);
+  } else {  // the data order follows the seed: compared among the runs of each seed
+    std::vector<std::string> details;
+    for (uint64_t seed : f.seeds) {
+      std::vector<std::string> n;
+      std::vector<const RunMetrics*> m;
+      for (size_t i = 0; i < variants.size(); ++i) {
+        if (variants[i].seed == seed) {
+          n.push_back(names[i]);
+          m.push_back(runs[i]);
+        }
+      }
+      const DataOrderCheck check = CompareDataOrder(n, m);
+      report.data_order.identical = report.data_order.identical && check.identical;
+      report.data_order.steps_compared += check.steps_compared;
+      details.push_back(absl::StrCat("seed ", seed, ": ", check.detail));
+    }
+    report.data_order.detail = absl::StrCat("compared within each seed; ", absl::StrJoin(details, "; "));
+  }
   if (d.train_size() == 1) {  // tools/make_corpus.py writes the unigram entropy into the corpus manifest
     const std::string& path = d.train(0).path();
     ASSIGN_OR_RETURN(const std::string manifest_text,
@@ -304,8 +398,9 @@ absl::Status WriteReport(const Flags& f, const std::vector<TrainConfig>& configs
   RETURN_IF_ERROR(WriteFileAtomically(f.out + "/summary.csv", SummaryCsv(report)));
   RETURN_IF_ERROR(WriteFileAtomically(f.out + "/curves.csv", CurvesCsv(report)));
   RETURN_IF_ERROR(WriteFileAtomically(f.out + "/grad_norms.csv", GradNormsCsv(report)));
-  std::fprintf(stderr, "[compare_norms] report: %s/report.md, report.html, summary.csv, curves.csv, grad_norms.csv\n",
-               f.out.c_str());
+  if (report.grouped) RETURN_IF_ERROR(WriteFileAtomically(f.out + "/groups.csv", GroupsCsv(report)));
+  std::fprintf(stderr, "[compare_norms] report: %s/report.md, report.html, summary.csv, curves.csv, grad_norms.csv%s\n",
+               f.out.c_str(), report.grouped ? ", groups.csv" : "");
   return absl::OkStatus();
 }
 
@@ -328,6 +423,11 @@ int main(int argc, char** argv) {
       {"variant_env", "STRATEGY:NAME=VALUE environment for one variant's train (repeatable; fault injection)", false,
        true},
       {"report_only", "train nothing; rebuild the report from DIR", true},
+      {"seeds", "N (the config's train.seed and the N-1 following) or a list S1,S2,...: every variant per seed"},
+      {"depths", "comma-separated model.n_layers values, e.g. 4,12,24: every variant per depth"},
+      {"baseline", "strategy the others are compared with over seeds (default: the first of --strategies)"},
+      {"variant_override", "KEY:TEXTPROTO merged into the variants KEY names (strategy or run dir prefix; repeatable)",
+       false, true},
       {"help", "show this help", true},
   };
   int exit_code = 0;
@@ -388,15 +488,60 @@ int main(int argc, char** argv) {
       return fail(absl::StrCat("--variant_env (", e, ") must be STRATEGY:NAME=VALUE"), 2);
     }
   }
+  f.variant_overrides = cl->GetAll("variant_override");
+  for (const std::string& e : f.variant_overrides) {
+    if (e.find(':') == std::string::npos || e.find(':') == 0) {
+      return fail(absl::StrCat("--variant_override (", e, ") must be KEY:TEXTPROTO (KEY: a strategy or run directory)"),
+                  2);
+    }
+  }
+  if (cl->Has("seeds")) {
+    const std::string text = cl->Get("seeds");
+    const std::string valid = "a count N >= 1 or a comma-separated list of distinct seeds";
+    if (text.find(',') == std::string::npos) {
+      int64_t count = 0;
+      if (!absl::SimpleAtoi(text, &count) || count < 1 || count > 1000) {
+        return fail(absl::StrCat("--seeds (", text, ") must be ", valid), 2);
+      }
+      auto base = LoadConfig(f.config, f.overrides);
+      if (!base.ok()) return fail(absl::StrCat(f.config, ": ", base.status().message()), 1);
+      for (int64_t k = 0; k < count; ++k) f.seeds.push_back(base->train().seed() + static_cast<uint64_t>(k));
+    } else {
+      for (absl::string_view s : absl::StrSplit(text, ',')) {
+        uint64_t seed = 0;
+        if (!absl::SimpleAtoi(s, &seed) || std::find(f.seeds.begin(), f.seeds.end(), seed) != f.seeds.end()) {
+          return fail(absl::StrCat("--seeds (", text, ") must be ", valid), 2);
+        }
+        f.seeds.push_back(seed);
+      }
+    }
+  }
+  if (cl->Has("depths")) {
+    const std::string text = cl->Get("depths");
+    for (absl::string_view s : absl::StrSplit(text, ',')) {
+      int64_t depth = 0;
+      if (!absl::SimpleAtoi(s, &depth) || depth < 1 ||
+          std::find(f.depths.begin(), f.depths.end(), depth) != f.depths.end()) {
+        return fail(absl::StrCat("--depths (", text, ") must be a comma-separated list of distinct block counts >= 1"),
+                    2);
+      }
+      f.depths.push_back(depth);
+    }
+  }
+  f.baseline = cl->Get("baseline", f.strategies[0]);
+  if (std::find(f.strategies.begin(), f.strategies.end(), f.baseline) == f.strategies.end()) {
+    return fail(absl::StrCat("--baseline (", f.baseline, ") must be one of --strategies (",
+                             absl::StrJoin(f.strategies, ","), ")"),
+                2);
+  }
+  const std::vector<Variant> variants = Variants(f);
   std::vector<TrainConfig> configs;
-  for (const std::string& s : f.strategies) {
-    std::vector<std::string> overrides = f.overrides;
-    overrides.push_back(VariantOverride(s));
-    auto config = LoadConfig(f.config, overrides);
+  for (const Variant& v : variants) {
+    auto config = LoadConfig(f.config, VariantOverrides(f, v));
     if (config.ok()) {
       if (absl::Status st = ValidateConfig(*config, 0); !st.ok()) config = st;
     }
-    if (!config.ok()) return fail(absl::StrCat(f.config, " (", s, "): ", config.status().message()), 1);
+    if (!config.ok()) return fail(absl::StrCat(f.config, " (", v.rel, "): ", config.status().message()), 1);
     configs.push_back(*config);
   }
   if (!f.report_only && !Exists(f.train_bin)) {
@@ -405,9 +550,9 @@ int main(int argc, char** argv) {
   }
   if (absl::Status s = MakeDirs(f.out); !s.ok()) return fail(std::string(s.message()), 1);
   InstallSignalForwarding();
-  auto ok = RunSweep(f, configs);
+  auto ok = RunSweep(f, variants, configs);
   if (!ok.ok()) return fail(std::string(ok.status().message()), 1);
-  if (absl::Status s = WriteReport(f, configs); !s.ok()) return fail(std::string(s.message()), 1);
+  if (absl::Status s = WriteReport(f, variants, configs); !s.ok()) return fail(std::string(s.message()), 1);
   std::fputs(ReadFileIfExists(f.out + "/summary.csv").value_or("").c_str(), stdout);
   return *ok ? 0 : 1;
 }

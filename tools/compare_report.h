@@ -9,6 +9,13 @@
 // Files (written by the caller): report.md, report.html, summary.csv (one row per variant),
 // curves.csv (one row per variant and logged step: train and router values, val_loss at eval steps),
 // grad_norms.csv (one row per variant, chosen step and block: attn, ffn, router gradient norms).
+//
+// Seeds and depths (compare_norms --seeds / --depths): a variant is one (depth, strategy, seed) run. The
+// runs of one (depth, strategy) form a group; the report then adds groups.csv and sections with the mean
+// and spread over seeds per group, each group against the baseline strategy of its depth (Welch's
+// t-test on the final train losses and whether the seed ranges overlap), loss curves with min-max bands,
+// final loss against depth, and the per-block gradient norms of the attention and FFN/expert weights
+// (mean over seeds, min-max band) at the chosen steps.
 #pragma once
 
 #include <cstdint>
@@ -23,6 +30,9 @@ namespace hybridmoe {
 
 struct VariantResult {
   std::string strategy;
+  std::string label;  // the run directory relative to the sweep (= strategy in a single-seed sweep)
+  int64_t depth = 0;  // model.n_layers of the run
+  uint64_t seed = 0;  // train.seed of the run
   // complete | diverged (train stopped on non-finite steps) | failed (any other error) | incomplete | not run
   std::string status;
   std::string message;  // train's error line for diverged/failed variants
@@ -43,7 +53,57 @@ struct SweepReport {
   // that learned the token frequencies only. NaN = unknown (no column).
   double unigram_entropy = std::numeric_limits<double>::quiet_NaN();
   DataOrderCheck data_order;
+  // Seeds / depths mode: groups sections, banded curves. Off: the single-seed report as before.
+  bool grouped = false;
+  std::string baseline;  // strategy every group is compared with (grouped mode)
+  double alpha = 0.05;   // significance level of the Welch test
 };
+
+// ---- Statistics over seeds (pure functions, unit-tested in tests/tools/seed_stats_test.cc) ----
+
+// Mean, sample standard deviation (n - 1 in the denominator; NaN for n < 2), min and max of the finite
+// values; n counts them. All NaN when n == 0.
+struct SampleStats {
+  int n = 0;
+  double mean = 0, std = 0, min = 0, max = 0;
+};
+SampleStats Describe(const std::vector<double>& values);
+
+// Regularised incomplete beta function I_x(a, b) (a, b > 0, 0 <= x <= 1), by Lentz's continued fraction.
+double RegularizedIncompleteBeta(double a, double b, double x);
+
+// Two-sided p-value of Student's t distribution with df degrees of freedom (df > 0, not necessarily an
+// integer): P(|T| >= |t|) = I_{df/(df+t^2)}(df/2, 1/2).
+double StudentTwoSidedP(double t, double df);
+
+// Welch's unequal-variance t-test of mean(a) - mean(b): t = (ma - mb) / sqrt(va/na + vb/nb), the
+// Welch-Satterthwaite df = (va/na + vb/nb)^2 / ((va/na)^2/(na-1) + (vb/nb)^2/(nb-1)), two-sided p.
+// Needs n >= 2 in both (valid = false otherwise). Both variances 0: t = +-inf and p = 0 when the means
+// differ, t = 0 and p = 1 when they are equal (df = na + nb - 2).
+struct WelchResult {
+  bool valid = false;
+  double diff = 0, t = 0, df = 0, p = 0;
+};
+WelchResult WelchTTest(const std::vector<double>& a, const std::vector<double>& b);
+
+// Whether [a.min, a.max] and [b.min, b.max] intersect.
+bool RangesOverlap(const SampleStats& a, const SampleStats& b);
+
+// One (depth, strategy) group of a seeds/depths sweep.
+struct GroupResult {
+  int64_t depth = 0;
+  std::string strategy;
+  std::vector<size_t> runs;  // indices into SweepReport::variants
+  int diverged = 0, complete = 0;
+  SampleStats final_loss, final_val;  // over the runs that did not diverge
+  std::vector<double> losses;         // those final train losses
+  // Against the baseline group of the same depth (empty verdict for the baseline itself).
+  WelchResult welch;
+  bool ranges_overlap = true;
+  std::string verdict;
+};
+std::vector<GroupResult> Groups(const SweepReport& report);
+std::string GroupsCsv(const SweepReport& report);
 
 std::string ReportMarkdown(const SweepReport& report);
 std::string ReportHtml(const SweepReport& report);

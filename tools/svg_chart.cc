@@ -61,6 +61,15 @@ std::string LineChartSvg(const std::vector<ChartSeries>& series, const ChartOpti
       y0 = std::min(y0, y);
       y1 = std::max(y1, y);
     }
+    for (const ChartSeries::BandPoint& b : s.band) {
+      for (double y : {b.lo, b.hi}) {
+        if (!std::isfinite(b.x) || !std::isfinite(y) || (o.log_y && y <= 0)) continue;
+        x0 = std::min(x0, b.x);
+        x1 = std::max(x1, b.x);
+        y0 = std::min(y0, y);
+        y1 = std::max(y1, y);
+      }
+    }
   }
   if (std::isfinite(o.y_min)) y0 = o.y_min;
   if (std::isfinite(o.y_max)) y1 = o.y_max;
@@ -125,6 +134,37 @@ std::string LineChartSvg(const std::vector<ChartSeries>& series, const ChartOpti
   absl::StrAppend(&svg, absl::StrFormat("<text transform=\"translate(15,%g) rotate(-90)\" text-anchor=\"middle\">"
                                         "%s</text>\n",
                                         top + ph / 2, XmlEscape(o.y_label)));
+
+  // Bands first (under every line): one polygon per run of usable band points.
+  for (size_t i = 0; i < series.size(); ++i) {
+    std::vector<ChartSeries::BandPoint> run;
+    auto flush = [&] {
+      if (run.size() >= 2) {
+        std::string pts;
+        for (const auto& b : run) absl::StrAppend(&pts, absl::StrFormat("%.1f,%.1f ", px(b.x), py(b.hi)));
+        for (auto it = run.rbegin(); it != run.rend(); ++it) {
+          absl::StrAppend(&pts, absl::StrFormat("%.1f,%.1f ", px(it->x), py(it->lo)));
+        }
+        absl::StrAppend(&svg, "<polygon class=\"band\" fill=\"", SeriesColor(i),
+                        "\" fill-opacity=\"0.18\" stroke=\"none\" points=\"", pts, "\"/>\n");
+      } else if (run.size() == 1) {  // a lone point: a vertical bar
+        absl::StrAppend(&svg,
+                        absl::StrFormat("<line class=\"band\" x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\" "
+                                        "stroke=\"%s\" stroke-opacity=\"0.5\" stroke-width=\"4\"/>\n",
+                                        px(run[0].x), px(run[0].x), py(run[0].lo), py(run[0].hi), SeriesColor(i)));
+      }
+      run.clear();
+    };
+    for (const ChartSeries::BandPoint& b : series[i].band) {
+      const bool ok =
+          std::isfinite(b.x) && std::isfinite(b.lo) && std::isfinite(b.hi) && (!o.log_y || (b.lo > 0 && b.hi > 0));
+      if (ok)
+        run.push_back(b);
+      else
+        flush();
+    }
+    flush();
+  }
 
   // Lines (broken at non-finite values), markers, legend.
   for (size_t i = 0; i < series.size(); ++i) {

@@ -2,7 +2,9 @@
 //
 // A chart draws one polyline per series over shared axes with "nice" ticks (1-2-5 steps; decades on a log
 // y axis) and a legend. Non-finite y values break a line (a diverged run stops where its values stop);
-// values outside an explicit y range are clamped to the plot's edge. Pure string building, no I/O.
+// values outside an explicit y range are clamped to the plot's edge. A series may carry a band (e.g. the
+// min-max or mean+-std over seeds) drawn as a translucent area in its colour under its line; a band is
+// broken where a bound is not finite (or not positive on a log axis). Pure string building, no I/O.
 #pragma once
 
 #include <limits>
@@ -16,6 +18,10 @@ struct ChartSeries {
   std::string name;
   std::vector<std::pair<double, double>> points;  // (x, y), x ascending
   bool markers = false;                           // a dot at every point (for short series)
+  struct BandPoint {
+    double x, lo, hi;
+  };
+  std::vector<BandPoint> band;  // x ascending; empty = no band
 };
 
 struct ChartOptions {

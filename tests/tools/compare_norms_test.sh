@@ -12,6 +12,11 @@
 #  4. The numbers of summary.csv, report.md and grad_norms.csv equal values recomputed here, independently,
 #     from each variant's metrics.jsonl (tolerance: 1e-9 relative for CSV, 5e-5 for the 4-decimal table).
 #  5. A third run reruns nothing (the diverged variant included); bad input ends with one line.
+#  6. Seeds and depths: 2 strategies x 2 seeds x 2 depths (10 steps) into DIR/depth_L/STRATEGY/seed_S/, one
+#     depth's POST_NORM given lr 10 (--variant_override) so that it really diverges; the report has the
+#     seed/depth sections, bands and verdicts, groups.csv equals the mean/std/Welch values recomputed here
+#     from summary.csv, the diverged group is reported (exit 0), the data order follows the seed, and bad
+#     --seeds/--depths/--baseline values end with one line.
 set -uo pipefail
 CMP="$1"
 TRAIN="$2"
@@ -195,4 +200,87 @@ expect_error "unknown strategy" "unknown strategy 'PRE_NROM'; valid: PRE_NORM,PO
 expect_error "changed config on resume" "$OUT/PRE_NORM/config.textproto differs from this sweep's config" \
   sweep --override='train { steps: 30 }'
 [[ $(stamps) == "$before" ]] || fail "a refused resume changed a variant"
+
+# 6. Seeds and depths.
+OUT2="$T/grouped"
+grouped() {
+  "$CMP" --config="$CONFIG" --train_bin="$TRAIN" --out="$OUT2" --strategies=PRE_NORM,POST_NORM --seeds=7,8 \
+    --depths=1,2 --baseline=PRE_NORM --override="$BASE" --override='train { steps: 10 } checkpoint { interval: 0 }' \
+    --variant_override='depth_2/POST_NORM:optim { lr: 10 warmup_steps: 0 }' --final_window=2 "$@"
+}
+grouped >"$T/g.out" 2>"$T/g.err"
+rc=$?
+[[ $rc == 0 ]] || { cat "$T/g.err"; fail "seeds/depths sweep failed (exit $rc)"; }
+grep -q "8/8 depth_2/POST_NORM/seed_8: complete" "$T/g.err" || { cat "$T/g.err"; fail "last run not reported"; }
+for f in report.md report.html summary.csv groups.csv grad_norms.csv; do [[ -s "$OUT2/$f" ]] || fail "no $f"; done
+python3 - "$OUT2" <<'PY' || fail "seeds/depths report"
+import csv, json, math, re, sys
+out = sys.argv[1]
+runs = list(csv.DictReader(open(f"{out}/summary.csv")))
+assert len(runs) == 8, len(runs)
+first = {}
+for r in runs:
+    d, s, seed = r["depth"], r["strategy"], r["seed"]
+    assert r["run"] == f"depth_{d}/{s}/seed_{seed}", r["run"]
+    cfg = open(f"{out}/{r['run']}/config.textproto").read()
+    assert re.search(rf"\bn_layers: {d}\b", cfg) and re.search(rf"\bseed: {seed}\b", cfg), r["run"]
+    recs = [json.loads(l) for l in open(f"{out}/{r['run']}/metrics.jsonl")]
+    first[(d, s, seed)] = next(x["data_hash"] for x in recs if x["kind"] == "train")
+    # lr 10 blows depth 2's POST_NORM up (loss ~5 -> ~50, finite): diverged = last loss above the first.
+    assert r["status"] == "complete", (r["run"], r["status"])
+    assert r["diverged"] == ("1" if (d, s) == ("2", "POST_NORM") else "0"), (r["run"], r["diverged"])
+# Data order: the seed decides it, not the strategy or the depth.
+for seed in ("7", "8"):
+    assert len({h for (d, s, sd), h in first.items() if sd == seed}) == 1, first
+assert first[("1", "PRE_NORM", "7")] != first[("1", "PRE_NORM", "8")], first
+
+def stats(v):
+    m = sum(v) / len(v)
+    return m, math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
+groups = {(g["depth"], g["strategy"]): g for g in csv.DictReader(open(f"{out}/groups.csv"))}
+assert sorted(groups) == [("1", "POST_NORM"), ("1", "PRE_NORM"), ("2", "POST_NORM"), ("2", "PRE_NORM")], groups
+loss = {k: [float(r["final_train_loss"]) for r in runs if (r["depth"], r["strategy"]) == k] for k in groups}
+for k, g in groups.items():
+    if k == ("2", "POST_NORM"):
+        continue
+    m, sd = stats(loss[k])
+    assert abs(float(g["final_train_loss_mean"]) - m) < 1e-9 and abs(float(g["final_train_loss_std"]) - sd) < 1e-9, g
+    assert float(g["final_train_loss_min"]) == min(loss[k]) and float(g["final_train_loss_max"]) == max(loss[k]), g
+a, b = loss[("1", "POST_NORM")], loss[("1", "PRE_NORM")]
+(ma, sa), (mb, sb) = stats(a), stats(b)
+t = (ma - mb) / math.sqrt(sa * sa / 2 + sb * sb / 2)
+df = (sa * sa / 2 + sb * sb / 2) ** 2 / ((sa * sa / 2) ** 2 + (sb * sb / 2) ** 2)
+g = groups[("1", "POST_NORM")]
+assert abs(float(g["welch_t"]) - t) < 1e-6 * max(1, abs(t)) and abs(float(g["welch_df"]) - df) < 1e-6, (g, t, df)
+assert 0 <= float(g["welch_p"]) <= 1 and g["ranges_overlap"] in ("0", "1"), g
+assert g["verdict"].startswith(("lower loss", "higher loss", "no significant difference")), g
+assert groups[("1", "PRE_NORM")]["verdict"] == "baseline"
+bad = groups[("2", "POST_NORM")]
+assert bad["diverged"] == "2" and bad["verdict"] == "worse: every seed diverged (PRE_NORM did not)", bad
+
+md = open(f"{out}/report.md").read()
+for section in ("## Seeds: mean and spread per strategy", "### 1 blocks", "### 2 blocks", "## Depth",
+                "## Gradient norms per block (mean over seeds)", "### 2 blocks, step 1",
+                "worse: every seed diverged", "depth_2/POST_NORM/seed_8 diverged"):
+    assert section in md, section
+html = open(f"{out}/report.html").read()
+# Bands: the loss and val curves of 4 groups (polygons), the 1-block gradient profiles (one point: a bar).
+assert html.count('<polygon class="band"') >= 8 and "<script" not in html, html.count('<polygon class="band"')
+assert html.count('<line class="band"') >= 4, html.count('<line class="band"')
+for title in ("Training loss, 2 blocks (mean over seeds, band min..max)", "Final train loss against depth",
+              "Attention gradient norm per block, 1 blocks, step 1", "FFN/expert gradient norm per block, 2 blocks"):
+    assert title in html, title
+gn = list(csv.DictReader(open(f"{out}/grad_norms.csv")))
+assert {(r["depth"], r["seed"]) for r in gn} == {(d, s) for d in "12" for s in "78"}
+print("ok: seeds/depths: 8 runs, groups.csv = recomputed mean/std/Welch, diverged group reported, bands in the HTML")
+PY
+echo "ok: seeds/depths sweep ($(grep -c . "$OUT2/groups.csv") lines of groups.csv)"
+bad() { "$CMP" --config="$CONFIG" --train_bin="$TRAIN" --out="$T/bad2" --strategies=PRE_NORM,POST_NORM "$@"; }
+expect_error "bad --seeds" "--seeds (0) must be a count N >= 1" bad --seeds=0
+expect_error "repeated seed" "--seeds (3,3) must be a count N >= 1 or a comma-separated list of distinct seeds" \
+  bad --seeds=3,3
+expect_error "bad --depths" "--depths (4,x) must be a comma-separated list of distinct block counts >= 1" \
+  bad --depths=4,x
+expect_error "bad --baseline" "--baseline (SANDWICH) must be one of --strategies (PRE_NORM,POST_NORM)" \
+  bad --baseline=SANDWICH
 echo PASS
