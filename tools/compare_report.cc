@@ -84,7 +84,7 @@ std::string Html(const Table& t) {
 
 Table SummaryTable(const SweepReport& r) {
   Table t;
-  t.header = {"strategy",
+  t.header = {r.grouped ? "run" : "strategy",
               "status",
               absl::StrCat("final train loss (mean of last ", r.summary_options.final_window, ")"),
               "best val loss (step)",
@@ -110,8 +110,8 @@ Table SummaryTable(const SweepReport& r) {
 
 Table RouterTable(const SweepReport& r) {
   Table t;
-  t.header = {"strategy", "router entropy (last step)", "max/mean load (last step)", "max/mean load (mean over run)",
-              "dead experts (last step, all layers)"};
+  t.header = {r.grouped ? "run" : "strategy", "router entropy (last step)", "max/mean load (last step)",
+              "max/mean load (mean over run)", "dead experts (last step, all layers)"};
   for (const VariantResult& v : r.variants) {
     const VariantSummary& s = v.summary;
     t.rows.push_back({v.label, Fixed(s.final_entropy, 3), Fixed(s.final_max_over_mean, 3),
