@@ -220,6 +220,14 @@ absl::Status ValidateConfig(const TrainConfig& config, int world_size, bool chec
   c.Require(moe.router_logit_bias_size() == 0 || moe.router_logit_bias_size() == moe.num_experts(),
             absl::StrCat("model.moe.router_logit_bias has ", moe.router_logit_bias_size(),
                          " values; it must be empty or have model.moe.num_experts (", moe.num_experts(), ")"));
+  c.Range("model.moe.first_dense_layers", moe.first_dense_layers(), 0, m.n_layers());
+  c.Require(!moe.softmax_after_topk() || moe.score_function() == MoeConfig::SOFTMAX,
+            absl::StrCat("model.moe.softmax_after_topk applies to score_function SOFTMAX only, not ",
+                         MoeConfig::ScoreFunction_Name(moe.score_function())));
+  c.Range("model.moe.bias_update_rate", moe.bias_update_rate(), 0.0, 1e3);
+  c.Range("model.moe.shared_expert_hidden", moe.shared_expert_hidden(), 0, kMax);
+  c.Require(!moe.shared_expert_gate() || moe.shared_expert_hidden() > 0,
+            "model.moe.shared_expert_gate needs a shared expert (model.moe.shared_expert_hidden > 0)");
   c.Range("model.init.std", m.init().std(), 1e-8, 10.0);
 
   const DataConfig& d = config.data();

@@ -146,18 +146,20 @@ void TransformerBlockImpl::reset_parameters(const InitPlan& plan, const std::str
 void TransformerBlockImpl::set_compute_copies(ComputeCopies* copies) {
   attn->set_compute_copies(copies);
   if (!ffn.is_empty()) ffn->set_compute_copies(copies);
-  if (!moe.is_empty()) moe->experts->set_compute_copies(copies);
+  if (!moe.is_empty()) moe->set_compute_copies(copies);
 }
 
-BlockOutput TransformerBlockImpl::forward(const at::Tensor& x_BSD) {
+BlockOutput TransformerBlockImpl::forward(const at::Tensor& x_BSD, const at::Tensor& replay_experts_TK) {
   BlockOutput out;
   const at::Tensor y = ApplySubLayer(layout.attn_form, x_BSD, [&](const at::Tensor& h) { return attn(h); }, attn_norm,
                                      attn_out_norm, layout.residual_alpha, {});
   auto ffn_fn = [&](const at::Tensor& h) -> at::Tensor {
     if (!ffn.is_empty()) return ffn(h);
-    MoeOutput m = moe(h.reshape({-1, h.size(-1)}));
+    MoeOutput m = moe(h.reshape({-1, h.size(-1)}), h.dim() == 3 ? h.size(1) : 0, replay_experts_TK);
     out.lb_loss = m.lb_loss;
     out.z_loss = m.z_loss;
+    out.experts_TK = m.experts_TK;
+    out.counts_E = m.counts_E;
     return m.y_TD.view(h.sizes());
   };
   out.x = ApplySubLayer(layout.ffn_form, y, ffn_fn, ffn_norm, ffn_out_norm, layout.residual_alpha, ffn_residual_scale);

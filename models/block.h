@@ -83,12 +83,15 @@ struct BlockOutput {
   at::Tensor x;
   at::Tensor lb_loss;  // undefined for dense blocks
   at::Tensor z_loss;
+  at::Tensor experts_TK;  // MoE blocks: the router's choice (replayed by activation checkpointing's recompute)
+  at::Tensor counts_E;    // MoE blocks: slots routed to each expert
 };
 
 class TransformerBlockImpl : public torch::nn::Module {
  public:
   explicit TransformerBlockImpl(const BlockOptions& options);
-  BlockOutput forward(const at::Tensor& x_BSD);
+  // replay_experts_TK: for an MoE block, the choice of experts of an earlier forward of the same input.
+  BlockOutput forward(const at::Tensor& x_BSD, const at::Tensor& replay_experts_TK = {});
   void reset_parameters(const InitPlan& plan, const std::string& prefix);
   // Mixed precision: the attention's, FFN's or experts' GEMM weights compute from `copies` (core/precision.h).
   void set_compute_copies(ComputeCopies* copies);

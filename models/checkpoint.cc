@@ -100,6 +100,7 @@ std::vector<WeightSlot> OptimizerSlots(Transformer& model, const AdamW& optimize
   }
   std::vector<WeightSlot> slots;
   for (const WeightSlot& w : ModelWeightSlots(model)) {
+    if (!w.trainable) continue;  // model state (selection bias): no moments
     auto it = by_storage.find(w.value.storage().data());
     TORCH_INTERNAL_ASSERT(it != by_storage.end(), "no optimizer state for ", w.key);
     const auto& [m, v] = it->second;

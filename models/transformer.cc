@@ -17,9 +17,10 @@ std::vector<at::Tensor> BlockLeaves(TransformerBlockImpl& block, const ComputeCo
   return copies != nullptr ? copies->Leaves(params) : params;
 }
 
-// Activation checkpointing: forward runs the block without recording a graph and keeps only its input;
-// backward runs the block again with grad enabled (router statistics not counted twice) and
-// backpropagates through that recomputation to the input and the block's parameters.
+// Activation checkpointing: forward runs the block without recording a graph and keeps only its input and, for
+// an MoE block, the router's choice of experts; backward runs the block again with grad enabled, replaying that
+// choice (no top-k: a near-tie cannot flip and change the all-to-all sizes; router statistics are not counted
+// again), and backpropagates through that recomputation to the input and the block's parameters.
 class CheckpointedBlock : public torch::autograd::Function<CheckpointedBlock> {
  public:
   // `params`: BlockLeaves(block, copies), the tensors the block's forward reads (gradients go to them).
@@ -30,6 +31,7 @@ class CheckpointedBlock : public torch::autograd::Function<CheckpointedBlock> {
     ctx->saved_data["block"] = reinterpret_cast<int64_t>(block);
     ctx->saved_data["copies"] = reinterpret_cast<int64_t>(copies);
     const BlockOutput b = block->forward(x);
+    if (b.experts_TK.defined()) ctx->saved_data["experts"] = b.experts_TK;
     return b.lb_loss.defined() ? torch::autograd::variable_list{b.x, b.lb_loss, b.z_loss}
                                : torch::autograd::variable_list{b.x};
   }
@@ -39,14 +41,12 @@ class CheckpointedBlock : public torch::autograd::Function<CheckpointedBlock> {
     auto* block = reinterpret_cast<TransformerBlockImpl*>(ctx->saved_data["block"].toInt());
     auto* copies = reinterpret_cast<ComputeCopies*>(ctx->saved_data["copies"].toInt());
     const at::Tensor x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
-    const bool collect = !block->moe.is_empty() && block->moe->collect_stats;
-    if (collect) block->moe->collect_stats = false;
+    const auto experts = ctx->saved_data.find("experts");
     BlockOutput b;
     {
       at::AutoGradMode grad_mode(true);
-      b = block->forward(x);
+      b = block->forward(x, experts != ctx->saved_data.end() ? experts->second.toTensor() : at::Tensor());
     }
-    if (collect) block->moe->collect_stats = true;
     const std::vector<at::Tensor> all = {b.x, b.lb_loss, b.z_loss};
     torch::autograd::variable_list outputs, grad_outputs;
     for (size_t i = 0; i < grads.size(); ++i) {
@@ -104,8 +104,19 @@ TransformerOptions TransformerOptionsFromConfig(const ModelConfig& c) {
   o.moe.hidden = c.moe().expert_hidden();
   o.moe.normalize_topk = c.moe().normalize_topk();
   o.moe.capacity_factor = c.moe().capacity_factor();
+  o.moe.score = c.moe().score_function() == MoeConfig::SIGMOID ? RouterScore::kSigmoid : RouterScore::kSoftmax;
+  o.moe.softmax_after_topk = c.moe().softmax_after_topk();
+  o.moe.bias_update_rate = c.moe().bias_update_rate();
+  switch (c.moe().lb_loss_scope()) {
+    case MoeConfig::MICRO_BATCH: o.moe.lb_scope = LoadBalanceScope::kMicroBatch; break;
+    case MoeConfig::GLOBAL_BATCH: o.moe.lb_scope = LoadBalanceScope::kGlobalBatch; break;
+    case MoeConfig::SEQUENCE: o.moe.lb_scope = LoadBalanceScope::kSequence; break;
+  }
+  o.moe.shared_hidden = c.moe().shared_expert_hidden();
+  o.moe.shared_gate = c.moe().shared_expert_gate();
   o.moe.router_logit_bias.assign(c.moe().router_logit_bias().begin(), c.moe().router_logit_bias().end());
   o.moe_every_n_layers = c.moe().every_n_layers();
+  o.moe_first_dense_layers = c.moe().first_dense_layers();
   o.lb_loss_weight = c.moe().lb_loss_weight();
   o.z_loss_weight = c.moe().z_loss_weight();
   o.init = c.init().scheme() == InitConfig::MEGATRON ? InitScheme::kMegatron : InitScheme::kNormal;
@@ -118,8 +129,8 @@ bool IsExpertName(std::string_view name) {
   return name.rfind("blocks.", 0) == 0 && name.find(kExpertsInfix) != std::string_view::npos;
 }
 
-bool IsMoeLayer(int64_t layer, int64_t every_n_layers) {
-  return every_n_layers > 0 && (layer + 1) % every_n_layers == 0;
+bool IsMoeLayer(int64_t layer, int64_t every_n_layers, int64_t first_dense_layers) {
+  return every_n_layers > 0 && (layer + 1) % every_n_layers == 0 && layer >= first_dense_layers;
 }
 
 InitPlan MakeInitPlan(const TransformerOptions& o, uint64_t seed) {
@@ -150,7 +161,7 @@ TransformerImpl::TransformerImpl(const TransformerOptions& o) : options(o) {
     b.attention.n_heads = o.n_heads;
     b.attention.rope_theta = o.rope_theta;
     b.norm = o.norm;
-    b.moe = IsMoeLayer(i, o.moe_every_n_layers);
+    b.moe = IsMoeLayer(i, o.moe_every_n_layers, o.moe_first_dense_layers);
     b.ffn.d_model = o.d_model;
     b.ffn.hidden = o.dense_hidden;
     b.moe_options = o.moe;
@@ -188,13 +199,34 @@ void TransformerImpl::set_compute_dtype(at::ScalarType dtype) {
   if (copies != nullptr) copies->AddGroup({lm_head});
 }
 
+std::vector<at::Tensor> TransformerImpl::count_routing(const at::Tensor& tokens_BS) {
+  at::NoGradGuard no_grad;
+  ComputeCopies* copies = compute_copies_.get();
+  if (copies != nullptr) copies->Refresh();
+  int64_t last_moe = -1;
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    if (!blocks[i]->moe.is_empty()) last_moe = static_cast<int64_t>(i);
+  }
+  std::vector<at::Tensor> counts;
+  for (auto& layer : moe_layers()) layer->training_forward = false;
+  at::Tensor x = ToComputeDtype(copies, at::embedding(embed, tokens_BS));
+  for (int64_t i = 0; i <= last_moe; ++i) {
+    BlockOutput b = blocks[i](x);
+    x = b.x;
+    if (b.counts_E.defined()) counts.push_back(b.counts_E);
+  }
+  return counts;
+}
+
 ModelOutput TransformerImpl::forward(const at::Tensor& tokens_BS, const at::Tensor& targets_BS) {
   ComputeCopies* copies = compute_copies_.get();
   if (copies != nullptr) copies->Refresh();  // a no-op unless an optimizer step or a load changed the masters
   // The lookup reads the fp32 table (its gradient, a scatter-add of many rows, accumulates in fp32).
   at::Tensor x = ToComputeDtype(copies, at::embedding(embed, tokens_BS));
   std::vector<at::Tensor> lb, z;
-  const bool checkpoint = options.activation_checkpointing && at::GradMode::is_enabled();
+  const bool training = at::GradMode::is_enabled();  // a training forward: routing is counted (moe/moe_layer.h)
+  for (auto& layer : moe_layers()) layer->training_forward = training;
+  const bool checkpoint = options.activation_checkpointing && training;
   for (auto& block : blocks) {
     BlockOutput b;
     if (checkpoint) {

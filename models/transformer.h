@@ -38,7 +38,8 @@ struct TransformerOptions {
   int64_t dense_hidden = 512;
   NormStrategyOptions norm;
   MoeOptions moe;
-  int64_t moe_every_n_layers = 1;  // 0: no MoE block
+  int64_t moe_every_n_layers = 1;      // 0: no MoE block
+  int64_t moe_first_dense_layers = 0;  // blocks before this one are dense
   double lb_loss_weight = 0.01;
   double z_loss_weight = 0.001;
   InitScheme init = InitScheme::kNormal;
@@ -48,8 +49,8 @@ struct TransformerOptions {
 };
 
 TransformerOptions TransformerOptionsFromConfig(const ModelConfig& config);
-// Whether block `layer` has an MoE FFN.
-bool IsMoeLayer(int64_t layer, int64_t every_n_layers);
+// Whether block `layer` has an MoE FFN: every every_n_layers-th block (n-1, 2n-1, ...) from first_dense_layers on.
+bool IsMoeLayer(int64_t layer, int64_t every_n_layers, int64_t first_dense_layers = 0);
 InitPlan MakeInitPlan(const TransformerOptions& options, uint64_t seed);
 
 // Expert parameters are the tensors of each MoE layer's GroupedExperts module: blocks.<i>.moe.experts.<leaf>
@@ -74,6 +75,10 @@ class TransformerImpl : public torch::nn::Module {
   // tokens_BS int64; targets_BS optional (undefined: logits only).
   ModelOutput forward(const at::Tensor& tokens_BS, const at::Tensor& targets_BS = {});
   void reset_parameters(uint64_t seed);
+  // The routing of a forward of tokens_BS, without a graph and without counting it anywhere: the slots routed to
+  // each expert (int64 [E]) per MoE layer, in moe_layers() order. Runs the blocks up to the last MoE block (under
+  // expert parallelism a collective: every rank calls it). The global-batch LB scope's first pass.
+  std::vector<at::Tensor> count_routing(const at::Tensor& tokens_BS);
   std::vector<MoeLayer> moe_layers() const;
   // kFloat: fp32 throughout (the default); kBFloat16: mixed precision (see the top of this file). Call after
   // the experts are sharded and the model is on its device.

@@ -68,6 +68,12 @@ std::vector<WeightSlot> ModelWeightSlots(Transformer& model) {
     }
   }
   return slots;
+  for (size_t i = 0; i < model->blocks.size(); ++i) {
+    const auto& moe = model->blocks[i]->moe;
+    if (!moe.is_empty() && moe->selection_bias.defined()) {
+      slots.push_back({absl::StrCat("blocks.", i, ".moe.selection_bias"), moe->selection_bias, /*trainable=*/false});
+    }
+  }
 }
 
 TensorSource SourceFromReader(const SafetensorsReader& reader) {

@@ -35,13 +35,16 @@ namespace hybridmoe {
 inline constexpr char kWeightsFileName[] = "model.safetensors";
 inline constexpr char kConfigFileName[] = "config.textproto";
 
-// One file key and the model tensor behind it: the parameter, or one expert's slice (a view) of it.
+// One file key and the model tensor behind it: the parameter, or one expert's slice (a view) of it, or a
+// model-state buffer (trainable = false: no gradient, no optimizer state).
 struct WeightSlot {
   std::string key;
   at::Tensor value;
+  bool trainable = true;
 };
 
-// The model's tensors under their file keys, in named_parameters() order.
+// The model's tensors under their file keys, in named_parameters() order, then the model-state buffers: the
+// aux-loss-free selection bias of each MoE layer that has one (blocks.<i>.moe.selection_bias [E], replicated).
 std::vector<WeightSlot> ModelWeightSlots(Transformer& model);
 
 // Named tensors to load from, with shapes and dtypes known before reading.

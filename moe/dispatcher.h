@@ -40,6 +40,10 @@ class TokenDispatcher {
  public:
   virtual ~TokenDispatcher() = default;
   DispatchCounters counters;
+  // Set by the MoE layer before each dispatch(): rows are counted for training forwards only (not for eval
+  // forwards, counting passes or activation checkpointing's recompute), exchange time for training forwards,
+  // their recompute and their backward.
+  bool count_rows = true, count_time = true;
   // x_SD: slots sorted by global expert with `counts_E` slots per expert. Returns the rows this rank's
   // experts process, grouped by local expert, and their per-local-expert counts in `local_counts`.
   virtual at::Tensor dispatch(const at::Tensor& x_SD, const std::vector<int64_t>& counts_E,

@@ -86,6 +86,12 @@ RouterStepRecord MakeRouterRecord(int64_t step, int layer, int top_k, const Rout
   }
   r.set_all_to_all_seconds(slowest);
   r.set_ep_size(static_cast<int>(c.rows_received_R.size()));
+  const double received = Sum(c.rows_received_R);
+  double busiest = 0;
+  for (int64_t n : c.rows_received_R) busiest = std::max(busiest, static_cast<double>(n));
+  r.set_ep_overload(received > 0 ? busiest * static_cast<double>(c.rows_received_R.size()) / received : 1.0);
+  r.set_dropped_fraction(static_cast<double>(c.dropped) / (tokens * std::max(top_k, 1)));
+  for (double b : c.selection_bias_E) r.add_selection_bias(b);
   r.set_wall_time(UnixSeconds());
   return r;
 }
@@ -94,6 +100,12 @@ std::vector<std::pair<std::string, double>> SummarizeRouterRecords(const std::ve
   std::vector<std::pair<std::string, double>> out;
   if (records.empty()) return out;
   double max_mom = 0, min_mom = INFINITY, cv = 0, dead = 0, entropy = 0, top1 = 0, lb = 0, z = 0, dropped = 0, a2a = 0;
+  double overload = 0, dropped_fraction = 0, bias_range = 0;
+  bool biased = false;
+  auto bias_min_max = [](const RouterStepRecord& r) {
+    return std::make_pair(*std::min_element(r.selection_bias().begin(), r.selection_bias().end()),
+                          *std::max_element(r.selection_bias().begin(), r.selection_bias().end()));
+  };
   for (const RouterStepRecord& r : records) {
     max_mom = std::max(max_mom, r.max_over_mean());
     min_mom = std::min(min_mom, r.mean_load() > 0 ? r.min_load() / r.mean_load() : 0.0);
@@ -105,15 +117,33 @@ std::vector<std::pair<std::string, double>> SummarizeRouterRecords(const std::ve
     z += r.z_loss();
     dropped += static_cast<double>(r.dropped());
     a2a += r.all_to_all_seconds();
+    overload = std::max(overload, r.ep_overload());
+    dropped_fraction = std::max(dropped_fraction, r.dropped_fraction());
+    if (r.selection_bias_size() > 0) {
+      const auto [lo, hi] = bias_min_max(r);
+      bias_range = std::max(bias_range, hi - lo);
+      biased = true;
+    }
   }
   const double n = static_cast<double>(records.size());
   out = {{"router/max_over_mean", max_mom},    {"router/min_over_mean", min_mom},
          {"router/cv_mean", cv / n},           {"router/dead_experts", dead},
          {"router/entropy_mean", entropy / n}, {"router/top1_mean", top1 / n},
          {"router/lb_loss", lb / n},           {"router/z_loss", z / n},
-         {"router/dropped", dropped},          {"router/all_to_all_s", a2a}};
+         {"router/dropped", dropped},          {"router/all_to_all_s", a2a},
+         {"router/ep_overload", overload},     {"router/dropped_fraction", dropped_fraction}};
+  if (biased) out.emplace_back("router/bias_range", bias_range);
   for (const RouterStepRecord& r : records) {
-    out.emplace_back(absl::StrCat("router/layer", r.layer(), "/max_over_mean"), r.max_over_mean());
+    const std::string layer = absl::StrCat("router/layer", r.layer(), "/");
+    out.emplace_back(layer + "max_over_mean", r.max_over_mean());
+    out.emplace_back(layer + "dead_experts", r.dead_experts());
+    out.emplace_back(layer + "dropped_fraction", r.dropped_fraction());
+    out.emplace_back(layer + "ep_overload", r.ep_overload());
+    if (r.selection_bias_size() > 0) {
+      const auto [lo, hi] = bias_min_max(r);
+      out.emplace_back(layer + "bias_min", lo);
+      out.emplace_back(layer + "bias_max", hi);
+    }
   }
   return out;
 }
@@ -196,6 +226,10 @@ absl::StatusOr<std::vector<std::pair<std::string, double>>> RouterStatsLogger::L
   std::vector<std::string> payloads;
   for (size_t l = 0; l < counters.size(); ++l) {
     if (counters[l].tokens <= 0) continue;
+    if (const at::Tensor& b = layers[l]->selection_bias; b.defined()) {  // replicated: this rank's copy
+      const at::Tensor host = b.to(at::kCPU).to(at::kDouble).contiguous();
+      counters[l].selection_bias_E.assign(host.data_ptr<double>(), host.data_ptr<double>() + host.numel());
+    }
     records.push_back(
         MakeRouterRecord(step, static_cast<int>(l), static_cast<int>(layers[l]->options.top_k), counters[l]));
     payloads.push_back(records.back().SerializeAsString());
@@ -297,6 +331,23 @@ std::vector<RouterAlert> FindRouterAlerts(const std::vector<RouterStepRecord>& r
       add("collapse_entropy", -1, since, entropy_ratio(last),
           absl::StrFormat("router entropy %.3f nats = %.2f x ln %d (threshold %.2f) since step %d", last.entropy_mean(),
                           entropy_ratio(last), E, t.min_entropy_ratio, since));
+    }
+    if (last.ep_size() > 1 && last.ep_overload() > t.ep_overload) {
+      const int64_t since = began([&](const RouterStepRecord& r) { return r.ep_overload() > t.ep_overload; });
+      int busiest = 0;
+      for (int r = 0; r < last.tokens_received_per_rank_size(); ++r) {
+        if (last.tokens_received_per_rank(r) > last.tokens_received_per_rank(busiest)) busiest = r;
+      }
+      add("ep_overload", -1, since, last.ep_overload(),
+          absl::StrFormat("EP rank %d receives %.2fx the mean rows of the %d expert-parallel ranks (threshold "
+                          "%.2fx) since step %d",
+                          busiest, last.ep_overload(), last.ep_size(), t.ep_overload, since));
+    }
+    if (last.dropped_fraction() > t.dropped_fraction) {
+      const int64_t since = began([&](const RouterStepRecord& r) { return r.dropped_fraction() > t.dropped_fraction; });
+      add("dropped_tokens", -1, since, last.dropped_fraction(),
+          absl::StrFormat("%.1f%% of slots dropped by capacity (threshold %.1f%%) since step %d",
+                          100 * last.dropped_fraction(), 100 * t.dropped_fraction, since));
     }
     const double baseline = series.front()->max_over_mean();
     auto grown = [&](const RouterStepRecord& r) {

@@ -54,6 +54,7 @@ struct RouterCounters {
   int64_t tokens = 0, dropped = 0, forwards = 0;
   std::vector<int64_t> rows_received_R;
   std::vector<double> exchange_seconds_R;
+  std::vector<double> selection_bias_E;  // empty without aux-loss-free balancing
 };
 
 // A complete record (every derived field filled) from one layer's global counters; tokens > 0.
@@ -61,8 +62,10 @@ RouterStepRecord MakeRouterRecord(int64_t step, int layer, int top_k, const Rout
 
 // Aggregates over the layers of one step: router/max_over_mean (max over layers), router/cv_mean,
 // router/min_over_mean (min), router/dead_experts (sum), router/entropy_mean, router/top1_mean,
-// router/lb_loss, router/z_loss (means over layers), router/dropped, router/all_to_all_s (sums), and
-// router/layer<i>/max_over_mean for each layer.
+// router/lb_loss, router/z_loss (means over layers), router/dropped, router/all_to_all_s (sums),
+// router/ep_overload, router/dropped_fraction (max over layers), router/bias_range (max over layers of
+// max - min bias, with aux-loss-free balancing); and for each layer router/layer<i>/ max_over_mean,
+// dead_experts, dropped_fraction, ep_overload, and bias_min / bias_max with aux-loss-free balancing.
 std::vector<std::pair<std::string, double>> SummarizeRouterRecords(const std::vector<RouterStepRecord>& records);
 
 // ---- Logging during training ----------------------------------------------------------------------------
@@ -116,11 +119,14 @@ struct AlertThresholds {
   double collapse_share = 0.5;     // hottest expert's token share above this (and above 2K/E)
   double min_entropy_ratio = 0.3;  // entropy_mean / ln E below this
   double imbalance_growth = 2.0;   // max_over_mean at least this times the layer's first value
+  double ep_overload = 1.5;        // busiest expert-parallel rank's rows over the mean above this
+  double dropped_fraction = 0.01;  // share of slots dropped by capacity above this
 };
 
 struct RouterAlert {
   int layer = 0;
-  std::string kind;        // "dead_expert", "collapse_share", "collapse_entropy", "imbalance_growth"
+  std::string kind;        // "dead_expert", "collapse_share", "collapse_entropy", "imbalance_growth",
+                           // "ep_overload", "dropped_tokens"
   int expert = -1;         // the dead or hottest expert; -1 when not about one expert
   int64_t began_step = 0;  // first step of the final run of records where the condition holds
   double value = 0;        // at the latest record: share, entropy ratio, growth factor, 0 tokens

@@ -82,8 +82,10 @@ std::string AllToAllDispatcher::Label(const char* phase) const { return absl::St
 std::function<void(double)> AllToAllDispatcher::Timer() {
   std::weak_ptr<AllToAllDispatcher> self = weak_from_this();
   if (self.expired()) {  // not owned by a shared_ptr: the caller keeps it alive through backward
+    if (!count_time) return [](double) {};
     return [this](double s) { counters.exchange_seconds += s; };
   }
+  if (!count_time) return [](double) {};
   return [self](double s) {
     if (auto d = self.lock()) d->counters.exchange_seconds += s;
   };
@@ -109,7 +111,9 @@ at::Tensor AllToAllDispatcher::dispatch(const at::Tensor& x_SD, const std::vecto
     send_PN.push_back(width);
   }
   const std::vector<int64_t> recv_PN = ep_->AllToAllCounts(send_PN, Label("exchange of expert counts"));
-  counters.exchange_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (count_time) {
+    counters.exchange_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
   // recv_PL[p*L + l]: rows peer p sends for local expert l.
   std::vector<int64_t> recv_PL(P * L);
   for (int p = 0; p < P; ++p) {
@@ -142,11 +146,11 @@ at::Tensor AllToAllDispatcher::dispatch(const at::Tensor& x_SD, const std::vecto
       send_P_[p].push_back({expert_start[e], counts_E[e]});
       recv_P_[p].push_back({next_row_L[l], recv_PL[e]});
       next_row_L[l] += recv_PL[e];
-      if (p != me) counters.rows_sent += counts_E[e];
+      if (p != me && count_rows) counters.rows_sent += counts_E[e];
     }
   }
   slots_ = x_SD.size(0);
-  counters.rows_received += R;
+  if (count_rows) counters.rows_received += R;
   at::Tensor out = ExchangeBlocks(x_SD, send_P_, recv_P_, R, ep_, Label("all-to-all (dispatch)"), Timer());
   dispatched_ = out.requires_grad() ? out : at::Tensor();
   return out;

@@ -238,6 +238,23 @@ absl::Status CheckExportable(const ModelConfig& m, const std::string& origin) {
   for (double b : m.moe().router_logit_bias()) {
     if (b != 0) return refuse("model.moe.router_logit_bias", std::to_string(b), "no router logit bias");
   }
+  // Routing features OlmoeForCausalLM cannot hold (OLMoE: softmax over all experts, top-k, no bias, no shared
+  // expert, every block MoE).
+  if (m.moe().first_dense_layers() != 0) {
+    return refuse("model.moe.first_dense_layers", std::to_string(m.moe().first_dense_layers()), "0: every block MoE");
+  }
+  if (m.moe().score_function() != MoeConfig::SOFTMAX) {
+    return refuse("model.moe.score_function", MoeConfig::ScoreFunction_Name(m.moe().score_function()), "SOFTMAX");
+  }
+  if (m.moe().softmax_after_topk()) return refuse("model.moe.softmax_after_topk", "true", "false");
+  if (m.moe().bias_update_rate() != 0) {
+    return refuse("model.moe.bias_update_rate", absl::StrCat(m.moe().bias_update_rate()),
+                  "0: OLMoE has no selection bias");
+  }
+  if (m.moe().shared_expert_hidden() != 0) {
+    return refuse("model.moe.shared_expert_hidden", std::to_string(m.moe().shared_expert_hidden()),
+                  "0: OLMoE has no shared expert");
+  }
   return absl::OkStatus();
 }
 

@@ -54,28 +54,45 @@ std::map<int, std::pair<const RouterStepRecord*, const RouterStepRecord*>> Ends(
   return ends;
 }
 
+// (min, max) of a record's selection bias; call only when it has one.
+std::pair<double, double> BiasMinMax(const RouterStepRecord& r) {
+  return {*std::min_element(r.selection_bias().begin(), r.selection_bias().end()),
+          *std::max_element(r.selection_bias().begin(), r.selection_bias().end())};
+}
+
+// "min..max" of the selection bias, "-" without aux-loss-free balancing.
+std::string BiasRange(const RouterStepRecord& r) {
+  if (r.selection_bias_size() == 0) return "-";
+  const auto [lo, hi] = BiasMinMax(r);
+  return absl::StrFormat("%.2g..%.2g", lo, hi);
+}
+
 std::string FormatTable(const std::string& source, const std::vector<RouterStepRecord>& records,
                         const std::vector<RouterAlert>& alerts, const AlertThresholds& t) {
   const RouterStepRecord& any = records.back();
   std::string out = absl::StrFormat("%s: %d records, steps %d to %d, %d experts, top-%d, expert-parallel %d\n", source,
                                     records.size(), records.front().step(), records.back().step(), any.num_experts(),
                                     any.top_k(), any.ep_size());
-  absl::StrAppendFormat(&out, "%5s %6s %8s %17s %6s %8s %15s %6s %4s %14s %8s %8s\n", "layer", "step", "max/mean",
-                        "trend (max/mean)", "cv", "min/mean", "entropy/lnE", "top1", "dead", "hottest(share)",
-                        "dropped", "lb_loss");
+  absl::StrAppendFormat(&out, "%5s %6s %8s %17s %6s %8s %15s %6s %4s %14s %8s %8s %11s %10s\n", "layer", "step",
+                        "max/mean", "trend (max/mean)", "cv", "min/mean", "entropy/lnE", "top1", "dead",
+                        "hottest(share)", "dropped", "lb_loss", "ep_overload", "bias_range");
   for (const auto& [layer, ends] : Ends(records)) {
     const RouterStepRecord &first = *ends.first, &r = *ends.second;
     const LoadStats s = Load(r);
     const double change = first.max_over_mean() > 0 ? r.max_over_mean() / first.max_over_mean() - 1 : 0;
-    absl::StrAppendFormat(
-        &out, "%5d %6d %8.3f %17s %6.3f %8.3f %15s %6.3f %4d %14s %8d %8.4f\n", layer, r.step(), r.max_over_mean(),
-        absl::StrFormat("%.2f->%.2f %+.0f%%", first.max_over_mean(), r.max_over_mean(), 100 * change), r.cv(),
-        r.mean_load() > 0 ? r.min_load() / r.mean_load() : 0.0,
-        absl::StrFormat("%.2f->%.2f", EntropyRatio(first), EntropyRatio(r)), r.top1_mean(), r.dead_experts(),
-        absl::StrFormat("e%d (%.1f%%)", s.hottest, 100 * s.hottest_share), r.dropped(), r.lb_loss());
+    absl::StrAppendFormat(&out, "%5d %6d %8.3f %17s %6.3f %8.3f %15s %6.3f %4d %14s %8d %8.4f %11.3f %10s\n", layer,
+                          r.step(), r.max_over_mean(),
+                          absl::StrFormat("%.2f->%.2f %+.0f%%", first.max_over_mean(), r.max_over_mean(), 100 * change),
+                          r.cv(), r.mean_load() > 0 ? r.min_load() / r.mean_load() : 0.0,
+                          absl::StrFormat("%.2f->%.2f", EntropyRatio(first), EntropyRatio(r)), r.top1_mean(),
+                          r.dead_experts(), absl::StrFormat("e%d (%.1f%%)", s.hottest, 100 * s.hottest_share),
+                          r.dropped(), r.lb_loss(), r.ep_overload(), BiasRange(r));
   }
-  absl::StrAppendFormat(&out, "alerts (collapse share > %.2f, entropy/lnE < %.2f, imbalance growth >= %.1fx): %s\n",
-                        t.collapse_share, t.min_entropy_ratio, t.imbalance_growth, alerts.empty() ? "none" : "");
+  absl::StrAppendFormat(&out,
+                        "alerts (collapse share > %.2f, entropy/lnE < %.2f, imbalance growth >= %.1fx, EP overload > "
+                        "%.2fx, dropped > %.1f%%): %s\n",
+                        t.collapse_share, t.min_entropy_ratio, t.imbalance_growth, t.ep_overload,
+                        100 * t.dropped_fraction, alerts.empty() ? "none" : "");
   for (const RouterAlert& a : alerts) {
     absl::StrAppendFormat(&out, "  layer %d  %-16s since step %-6d %s\n", a.layer, a.kind, a.began_step, a.detail);
   }
@@ -91,7 +108,7 @@ std::string FormatCsv(const std::vector<RouterStepRecord>& records) {
   std::string out =
       "step,layer,num_experts,top_k,tokens,forwards,lb_loss,z_loss,mean_load,max_load,min_load,"
       "max_over_mean,cv,dead_experts,entropy_mean,entropy_ratio,top1_mean,dropped,hottest_expert,"
-      "hottest_share,all_to_all_seconds";
+      "hottest_share,all_to_all_seconds,ep_overload,dropped_fraction,bias_min,bias_max";
   for (int e = 0; e < E; ++e) absl::StrAppend(&out, ",count_", e);
   for (int i = 0; i < R; ++i) absl::StrAppend(&out, ",received_rank_", i);
   out += "\n";
@@ -101,7 +118,10 @@ std::string FormatCsv(const std::vector<RouterStepRecord>& records) {
                     r.forwards(), ",", Num(r.lb_loss()), ",", Num(r.z_loss()), ",", Num(r.mean_load()), ",",
                     Num(r.max_load()), ",", Num(r.min_load()), ",", Num(r.max_over_mean()), ",", Num(r.cv()), ",",
                     r.dead_experts(), ",", Num(r.entropy_mean()), ",", Num(EntropyRatio(r)), ",", Num(r.top1_mean()),
-                    ",", r.dropped(), ",", s.hottest, ",", Num(s.hottest_share), ",", Num(r.all_to_all_seconds()));
+                    ",", r.dropped(), ",", s.hottest, ",", Num(s.hottest_share), ",", Num(r.all_to_all_seconds()), ",",
+                    Num(r.ep_overload()), ",", Num(r.dropped_fraction()), ",",
+                    r.selection_bias_size() ? Num(BiasMinMax(r).first) : "", ",",
+                    r.selection_bias_size() ? Num(BiasMinMax(r).second) : "");
     for (int e = 0; e < E; ++e) absl::StrAppend(&out, ",", e < r.counts_size() ? absl::StrCat(r.counts(e)) : "");
     for (int i = 0; i < R; ++i) {
       absl::StrAppend(&out, ",",
@@ -136,6 +156,9 @@ nlohmann::ordered_json RecordJson(const RouterStepRecord& r) {
           {"hottest_expert", s.hottest},
           {"hottest_share", s.hottest_share},
           {"all_to_all_seconds", r.all_to_all_seconds()},
+          {"ep_overload", r.ep_overload()},
+          {"dropped_fraction", r.dropped_fraction()},
+          {"selection_bias", std::vector<double>(r.selection_bias().begin(), r.selection_bias().end())},
           {"counts", std::vector<int64_t>(r.counts().begin(), r.counts().end())},
           {"tokens_received_per_rank",
            std::vector<int64_t>(r.tokens_received_per_rank().begin(), r.tokens_received_per_rank().end())},

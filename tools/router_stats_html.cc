@@ -253,19 +253,26 @@ std::string RenderRouterStatsHtml(const std::vector<RouterStepRecord>& records, 
   absl::StrAppend(&h,
                   "<h2>Layers at their latest step</h2>\n<table id=\"layers\"><tr><th>layer</th><th>step</th>"
                   "<th>max/mean</th><th>cv</th><th>min/mean</th><th>entropy / ln E</th><th>top-1 prob</th>"
-                  "<th>dead</th><th>hottest (token share)</th><th>dropped</th><th>LB loss</th></tr>\n");
+                  "<th>dead</th><th>hottest (token share)</th><th>dropped</th><th>LB loss</th>"
+                  "<th>EP overload</th><th>selection bias (min, max)</th></tr>\n");
   for (int layer : lay.layers) {
     const RouterStepRecord* r = nullptr;
     for (const RouterStepRecord& x : records) {
       if (x.layer() == layer) r = &x;
     }
     const LoadStats s = ComputeLoadStats({r->counts().begin(), r->counts().end()}, r->tokens());
-    absl::StrAppendFormat(&h,
-                          "<tr><td>%d</td><td>%d</td><td>%.3f</td><td>%.3f</td><td>%.3f</td><td>%.3f</td>"
-                          "<td>%.3f</td><td>%d</td><td>%d (%.1f%%)</td><td>%d</td><td>%.4f</td></tr>\n",
-                          layer, r->step(), r->max_over_mean(), r->cv(),
-                          r->mean_load() > 0 ? r->min_load() / r->mean_load() : 0.0, EntropyRatio(*r), r->top1_mean(),
-                          r->dead_experts(), s.hottest, 100 * s.hottest_share, r->dropped(), r->lb_loss());
+    absl::StrAppendFormat(
+        &h,
+        "<tr><td>%d</td><td>%d</td><td>%.3f</td><td>%.3f</td><td>%.3f</td><td>%.3f</td>"
+        "<td>%.3f</td><td>%d</td><td>%d (%.1f%%)</td><td>%d</td><td>%.4f</td><td>%.3f</td>"
+        "<td>%s</td></tr>\n",
+        layer, r->step(), r->max_over_mean(), r->cv(), r->mean_load() > 0 ? r->min_load() / r->mean_load() : 0.0,
+        EntropyRatio(*r), r->top1_mean(), r->dead_experts(), s.hottest, 100 * s.hottest_share, r->dropped(),
+        r->lb_loss(), r->ep_overload(),
+        r->selection_bias_size() == 0
+            ? std::string("-")
+            : absl::StrFormat("%.3g, %.3g", *std::min_element(r->selection_bias().begin(), r->selection_bias().end()),
+                              *std::max_element(r->selection_bias().begin(), r->selection_bias().end())));
   }
   absl::StrAppend(&h, "</table>\n");
 

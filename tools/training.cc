@@ -60,15 +60,49 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainConfig& conf
   return t;
 }
 
+void Trainer::SetGlobalBatchF(const std::vector<Batch>& micro_batches) {
+  TraceScope scope(trace::kForward);
+  std::vector<MoeLayer> layers = model_->moe_layers();
+  std::vector<at::Tensor> sum;
+  for (const Batch& batch : micro_batches) {
+    const std::vector<at::Tensor> counts = model_->count_routing(batch.inputs.to(device_));
+    if (sum.empty()) {
+      sum = counts;
+    } else {
+      for (size_t l = 0; l < counts.size(); ++l) sum[l] = sum[l] + counts[l];
+    }
+  }
+  // One all-reduce for every layer's counts: the global batch's.
+  std::vector<double> packed;
+  for (const at::Tensor& c : sum) {
+    const at::Tensor host = c.to(at::kCPU).to(at::kDouble).contiguous();
+    packed.insert(packed.end(), host.data_ptr<double>(), host.data_ptr<double>() + host.numel());
+  }
+  ctx_.SumOverRanks(packed);
+  size_t offset = 0;
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const int64_t E = layers[l]->options.num_experts;
+    at::Tensor c = at::tensor(std::vector<double>(packed.begin() + offset, packed.begin() + offset + E), at::kDouble);
+    offset += E;
+    if (layers[l]->options.lb_scope == LoadBalanceScope::kGlobalBatch)
+      layers[l]->global_f_E = (c / c.sum()).to(device_);
+  }
+}
+
 StepResult Trainer::Step(int64_t step, const std::vector<Batch>& micro_batches, const StepOptions& options) {
   TORCH_CHECK(!micro_batches.empty(), "Trainer::Step needs at least one micro-batch");
   StepResult r;
   const auto t0 = Clock::now();
   r.lr = options.lr.has_value() ? *options.lr : LearningRate(schedule_, step);
   for (at::Tensor& p : params_) p.mutable_grad().reset();
+  std::vector<MoeLayer> layers = model_->moe_layers();
+  if (NeedsGlobalCounts(layers)) SetGlobalBatchF(micro_batches);
 
   const double accum = static_cast<double>(micro_batches.size());
-  std::vector<double> local = {0, 0, 0, 0, 0};  // loss, lm, lb, z (means over micro-batches), non-finite flag
+  // loss, lm, lb, z (means over micro-batches), non-finite flag, then the step's expert counts of every layer
+  // with aux-loss-free balancing (summed over ranks by the same all-reduce).
+  std::vector<double> local = {0, 0, 0, 0, 0};
+  for (auto& layer : layers) layer->step_counts_E.zero_();
   for (const Batch& batch : micro_batches) {
     ModelOutput out;
     {
@@ -94,6 +128,7 @@ StepResult Trainer::Step(int64_t step, const std::vector<Batch>& micro_batches, 
     }
   }
   r.forward_backward_s = Seconds(t0);
+  AppendBiasedCounts(layers, local);
 
   const auto t1 = Clock::now();
   std::optional<TraceScope> scope;
@@ -119,11 +154,44 @@ StepResult Trainer::Step(int64_t step, const std::vector<Batch>& micro_batches, 
   const auto t3 = Clock::now();
   scope.emplace(trace::kOptimizer);
   r.updated = r.finite_loss && std::isfinite(r.grad_norm);
-  if (r.updated) optimizer_->step(r.lr);
+  if (r.updated) {
+    optimizer_->step(r.lr);
+    UpdateSelectionBiases(layers, local);
+  }
+  for (auto& layer : layers) layer->global_f_E = at::Tensor();
   r.optimizer_s = Seconds(t3);
   scope.reset();
   r.total_s = Seconds(t0);
   return r;
+}
+
+bool NeedsGlobalCounts(const std::vector<MoeLayer>& layers) {
+  for (const auto& layer : layers) {
+    if (layer->options.lb_scope == LoadBalanceScope::kGlobalBatch) return true;
+  }
+  return false;
+}
+
+void AppendBiasedCounts(const std::vector<MoeLayer>& layers, std::vector<double>& packed) {
+  for (const auto& layer : layers) {
+    if (!layer->selection_bias.defined()) continue;
+    const at::Tensor host = layer->step_counts_E.to(at::kCPU).to(at::kDouble).contiguous();
+    packed.insert(packed.end(), host.data_ptr<double>(), host.data_ptr<double>() + host.numel());
+  }
+}
+
+void UpdateSelectionBiases(std::vector<MoeLayer>& layers, const std::vector<double>& packed) {
+  size_t offset = packed.size();
+  for (auto& layer : layers) {
+    if (layer->selection_bias.defined()) offset -= layer->options.num_experts;
+  }
+  for (auto& layer : layers) {
+    if (!layer->selection_bias.defined()) continue;
+    const int64_t E = layer->options.num_experts;
+    layer->update_selection_bias(
+        at::tensor(std::vector<double>(packed.begin() + offset, packed.begin() + offset + E), at::kDouble));
+    offset += E;
+  }
 }
 
 absl::StatusOr<double> Evaluate(Transformer& model, const DataLoader& data, int64_t micro_batch_size,

@@ -11,7 +11,12 @@
 //      mean loss
 //   -> global gradient norm and clip by it (ParallelContext::ClipGradNorm; the math in core/optim.cc)
 //   -> AdamW at the schedule's learning rate (core/optim.cc), unless a loss or the norm is non-finite: then
-//      the update is skipped and the step says so (the caller counts skips and decides when to abort).
+//      the update is skipped and the step says so (the caller counts skips and decides when to abort)
+//   -> aux-loss-free balancing (model.moe.bias_update_rate): each MoE layer's selection bias updated from the
+//      step's expert counts, summed over ranks and micro-batches (they travel in the loss terms' all-reduce)
+// With the global-batch LB scope (model.moe.lb_loss_scope GLOBAL_BATCH) a counting pass comes first: a forward
+// of every micro-batch without a graph (Transformer::count_routing), whose counts, summed over ranks, give each
+// layer's f for the whole step (one more forward per step).
 // Gradients stay in place after a step (the next step resets them), so a caller can inspect them.
 #pragma once
 
@@ -69,6 +74,8 @@ class Trainer {
 
  private:
   Trainer(const TrainConfig& config, ParallelContext& ctx, at::Device device);
+  // The global-batch LB scope's counting pass over this rank's micro-batches (see the top of this file).
+  void SetGlobalBatchF(const std::vector<Batch>& micro_batches);
 
   TrainConfig config_;
   ParallelContext& ctx_;
@@ -81,6 +88,13 @@ class Trainer {
 
 // The device a rank trains on: parallel.device, error when CUDA is asked for and none is usable.
 absl::StatusOr<at::Device> TrainingDevice(const TrainConfig& config, const ParallelContext& ctx);
+
+// Whether any layer has the global-batch LB scope.
+bool NeedsGlobalCounts(const std::vector<MoeLayer>& layers);
+// Appends the step counts (step_counts_E) of each layer with a selection bias, in layer order.
+void AppendBiasedCounts(const std::vector<MoeLayer>& layers, std::vector<double>& packed);
+// Updates those layers' biases from the last counts AppendBiasedCounts packed (at the end of `packed`).
+void UpdateSelectionBiases(std::vector<MoeLayer>& layers, const std::vector<double>& packed);
 
 // Mean validation loss over `num_batches` batches of data.validation, every rank running the same number of
 // forwards (expert parallelism exchanges tokens in each one); router statistics are not collected.
