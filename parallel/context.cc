@@ -2,8 +2,14 @@
 
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
+#include <mutex>
+#include <thread>
 
 #include <ATen/Context.h>
 #include <ATen/core/grad_mode.h>
@@ -11,6 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/config.h"
+#include "core/files.h"
 #include "core/optim.h"
 #include "core/status.h"
 #include "parallel/communicator.h"
@@ -27,17 +34,28 @@
 namespace hybridmoe {
 namespace {
 
+using Clock = std::chrono::steady_clock;
+
 std::string HostName() {
   char name[256] = {0};
   gethostname(name, sizeof(name) - 1);
   return name;
 }
 
+// Where every rank runs, for topology.json.
+struct JobLayout {
+  std::vector<RankPlace> places;   // by world rank
+  std::vector<std::string> hosts;  // by world rank
+  std::string launcher;
+  int ep_size = 1;
+};
+
 class Context : public ParallelContext {
  public:
-  Context(const Topology& topology, std::string node_name, bool owns_mpi, std::shared_ptr<Communicator> world,
-          std::shared_ptr<Communicator> ep, std::shared_ptr<Communicator> dp)
+  Context(const Topology& topology, JobLayout layout, std::string node_name, bool owns_mpi,
+          std::shared_ptr<Communicator> world, std::shared_ptr<Communicator> ep, std::shared_ptr<Communicator> dp)
       : t_(topology),
+        layout_(std::move(layout)),
         node_name_(std::move(node_name)),
         owns_mpi_(owns_mpi),
         world_(std::move(world)),
@@ -61,6 +79,9 @@ class Context : public ParallelContext {
   int local_rank() const override { return t_.local_rank; }
   int local_size() const override { return t_.local_size; }
   std::string node_name() const override { return node_name_; }
+  absl::Status WriteTopology(const std::string& path) const override {
+    return WriteFileAtomically(path, TopologyJson(layout_.places, layout_.hosts, layout_.ep_size, layout_.launcher));
+  }
   std::shared_ptr<Communicator> world_group() const override { return world_; }
   std::shared_ptr<Communicator> ep_group() const override { return ep_; }
   std::shared_ptr<Communicator> dp_group() const override { return dp_; }
@@ -116,6 +137,7 @@ class Context : public ParallelContext {
 
  private:
   Topology t_;
+  JobLayout layout_;
   std::string node_name_;
   bool owns_mpi_;
   std::shared_ptr<Communicator> world_, ep_, dp_;
@@ -137,6 +159,140 @@ std::vector<RankPlace> DiscoverPlaces(int rank, int world) {
   return places;
 }
 
+// Start-up's deadline. MPI_Init and the collectives that build the groups block until every rank takes part;
+// a rank that never does (its host lost, its network cut) would keep the others there forever, and no MPI
+// call can be interrupted from another thread under MPI_THREAD_SERIALIZED. So a thread waits for the end of
+// start-up and, past the deadline, prints one line naming the stage and ends the process (status 1; the
+// launcher then ends the other ranks it can reach).
+class StartupWatchdog {
+ public:
+  StartupWatchdog(double timeout_s, int rank)
+      : timeout_s_(timeout_s),
+        rank_(rank),
+        deadline_(Clock::now() +
+                  std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_s))) {
+    thread_ = std::thread([this] { Watch(); });
+  }
+  ~StartupWatchdog() { Done(); }
+  StartupWatchdog(const StartupWatchdog&) = delete;
+  StartupWatchdog& operator=(const StartupWatchdog&) = delete;
+
+  // What start-up does now (a string literal), and this process's rank once MPI knows it.
+  void Stage(const char* what) { stage_.store(what); }
+  void SetRank(int rank) { rank_.store(rank); }
+  Clock::time_point deadline() const { return deadline_; }
+  double timeout_s() const { return timeout_s_; }
+  void Done() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  void Watch() {
+    std::unique_lock<std::mutex> lock(mu_);
+    // A little grace past the deadline: the report exchange, which names the missing ranks, ends at it.
+    if (cv_.wait_until(lock, deadline_ + std::chrono::seconds(2), [this] { return done_; })) return;
+    std::fprintf(stderr,
+                 "rank %d: launch: start-up did not complete within %g s (parallel.timeout_s): %s never finished; "
+                 "a rank that never joined (a lost host or a cut network) keeps the others waiting\n",
+                 rank_.load(), timeout_s_, stage_.load());
+    std::fflush(stderr);
+    _exit(1);
+  }
+
+  const double timeout_s_;
+  std::atomic<int> rank_;
+  const Clock::time_point deadline_;
+  std::atomic<const char*> stage_{"start-up"};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;
+};
+
+[[noreturn]] void AbortStartup(int rank, const std::string& problem) {
+  std::fprintf(stderr, "rank %d: launch: %s\n", rank, problem.c_str());
+  std::fflush(stderr);
+  alarm(20);  // MPI_Abort may not return when a host is unreachable
+  MPI_Abort(MPI_COMM_WORLD, 1);
+  _exit(1);
+}
+
+// Every rank reports its host name to rank 0, which answers with everyone's: point-to-point messages polled
+// against the start-up deadline, so that a rank which never arrives is named (rank 0 names the silent ranks,
+// the others rank 0 when it does not answer). Returns the host name of every rank.
+std::vector<std::string> ReportToRankZero(int rank, int world, const StartupWatchdog& watchdog) {
+  constexpr int kReportTag = 7301, kLayoutTag = 7302;
+  constexpr int kName = MPI_MAX_PROCESSOR_NAME;
+  std::vector<char> names(static_cast<size_t>(world) * kName, 0);
+  int len = 0;
+  MPI_Get_processor_name(names.data() + static_cast<size_t>(rank) * kName, &len);
+  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  std::vector<MPI_Request> requests;
+  std::vector<int> peer_of;
+  if (rank == 0) {
+    for (int r = 1; r < world; ++r) {
+      requests.emplace_back();
+      peer_of.push_back(r);
+      MPI_Irecv(names.data() + static_cast<size_t>(r) * kName, kName, MPI_CHAR, r, kReportTag, MPI_COMM_WORLD,
+                &requests.back());
+    }
+  } else {
+    requests.emplace_back();
+    peer_of.push_back(-1);
+    MPI_Isend(names.data() + static_cast<size_t>(rank) * kName, kName, MPI_CHAR, 0, kReportTag, MPI_COMM_WORLD,
+              &requests.back());
+    requests.emplace_back();
+    peer_of.push_back(0);
+    MPI_Irecv(names.data(), world * kName, MPI_CHAR, 0, kLayoutTag, MPI_COMM_WORLD, &requests.back());
+  }
+  // The other ranks wait a second longer than rank 0, so that rank 0 names the missing ranks first.
+  const auto deadline = watchdog.deadline() + std::chrono::seconds(rank == 0 ? 0 : 1);
+  auto wait_all = [&](const char* what) {
+    const int n = static_cast<int>(requests.size());
+    std::vector<int> done(n);
+    for (;;) {
+      int outcount = 0;
+      const int rc = MPI_Testsome(n, requests.data(), &outcount, done.data(), MPI_STATUSES_IGNORE);
+      if (rc != MPI_SUCCESS) AbortStartup(rank, absl::StrCat("start-up: ", what, " failed (a rank probably died)"));
+      if (outcount == MPI_UNDEFINED) return;
+      if (Clock::now() > deadline) break;
+      if (outcount == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    std::vector<int> silent;
+    for (int i = 0; i < n; ++i) {
+      if (peer_of[i] >= 0 && requests[i] != MPI_REQUEST_NULL) silent.push_back(peer_of[i]);
+    }
+    const std::string within = absl::StrCat(" within ", watchdog.timeout_s(), " s (parallel.timeout_s): ");
+    if (rank != 0) {
+      AbortStartup(rank, absl::StrCat("start-up: no answer from rank 0", within,
+                                      "rank 0 is unresponsive or dead, or some other rank never reported to it"));
+    }
+    AbortStartup(rank, absl::StrCat("start-up: ", what, within, silent.empty() ? "some rank" : DescribeRanks(silent),
+                                    silent.size() == 1 ? " is" : " are",
+                                    " unresponsive or dead (a lost host or a cut network?)"));
+  };
+  wait_all(rank == 0 ? "not every rank reported" : "waiting for rank 0");
+  if (rank == 0) {
+    requests.clear();
+    peer_of.clear();
+    for (int r = 1; r < world; ++r) {
+      requests.emplace_back();
+      peer_of.push_back(r);
+      MPI_Isend(names.data(), world * kName, MPI_CHAR, r, kLayoutTag, MPI_COMM_WORLD, &requests.back());
+    }
+    wait_all("the answer to every rank did not go out");
+  }
+  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_ARE_FATAL);
+  std::vector<std::string> hosts(world);
+  for (int r = 0; r < world; ++r) hosts[r] = std::string(names.data() + static_cast<size_t>(r) * kName);
+  return hosts;
+}
+
 }  // namespace
 
 bool ParallelContext::IsRankZero() {
@@ -154,7 +310,9 @@ bool ParallelContext::IsRankZero() {
 std::unique_ptr<ParallelContext> ParallelContext::CreateLocal(double timeout_s) {
   std::vector<RankPlace> places(1);
   auto self = std::make_shared<SelfCommunicator>(timeout_s);
-  return std::unique_ptr<ParallelContext>(new Context(MakeTopology(places, 0, 1), HostName(), false, self, self, self));
+  JobLayout layout{places, {HostName()}, "none", 1};
+  return std::unique_ptr<ParallelContext>(
+      new Context(MakeTopology(places, 0, 1), std::move(layout), HostName(), false, self, self, self));
 }
 
 absl::StatusOr<std::unique_ptr<ParallelContext>> ParallelContext::Create(const TrainConfig& config) {
@@ -165,6 +323,8 @@ absl::StatusOr<std::unique_ptr<ParallelContext>> ParallelContext::Create(const T
     return CreateLocal(timeout);
   }
 
+  StartupWatchdog watchdog(timeout, launch.rank);
+  watchdog.Stage("MPI_Init (waiting for every rank of the launch)");
   int initialized = 0;
   MPI_Initialized(&initialized);
   bool owns_mpi = false;
@@ -190,18 +350,26 @@ absl::StatusOr<std::unique_ptr<ParallelContext>> ParallelContext::Create(const T
   int rank = 0, world = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &world);
+  watchdog.SetRank(rank);
   absl::Status status = CheckWorldSize(launch, world);
   if (status.ok()) status = ValidateParallelConfig(config, world);
   if (!status.ok()) {
+    watchdog.Stage("MPI_Finalize after a launch error");
     if (owns_mpi) MPI_Finalize();  // every rank fails the same check, so this does not hang
     return status;
   }
 
-  const Topology topology = MakeTopology(DiscoverPlaces(rank, world), rank, config.parallel().expert_parallel_size());
+  watchdog.Stage("the report of every rank to rank 0");
+  std::vector<std::string> hosts = ReportToRankZero(rank, world, watchdog);
+  watchdog.Stage("discovering the ranks of each node (MPI_Comm_split_type)");
+  std::vector<RankPlace> places = DiscoverPlaces(rank, world);
+  const int ep_size = config.parallel().expert_parallel_size();
+  const Topology topology = MakeTopology(places, rank, ep_size);
   char name[MPI_MAX_PROCESSOR_NAME] = {0};
   int name_len = 0;
   MPI_Get_processor_name(name, &name_len);
 
+  watchdog.Stage("creating the world, expert-parallel and data-parallel communicators");
   std::shared_ptr<MpiCommunicator> world_comm = MpiCommunicator::World(timeout);
   std::shared_ptr<MpiCommunicator> ep = world_comm->SplitMpi(topology.dp_rank, topology.ep_rank);
   std::shared_ptr<MpiCommunicator> dp = world_comm->SplitMpi(topology.ep_rank, topology.dp_rank);
@@ -210,6 +378,7 @@ absl::StatusOr<std::unique_ptr<ParallelContext>> ParallelContext::Create(const T
   std::shared_ptr<Communicator> w = world_comm, e = ep, d = dp;
   if (config.parallel().device() == ParallelConfig::CUDA) {
 #ifdef HYBRIDMOE_WITH_NCCL
+    watchdog.Stage("creating the NCCL communicators");
     // CUDA tensors go through NCCL on this rank's own GPU, CPU tensors and host values through MPI.
     const int count = at::hasCUDA() ? static_cast<int>(at::getNumGPUs()) : 0;
     absl::StatusOr<at::Device> device =
@@ -224,8 +393,10 @@ absl::StatusOr<std::unique_ptr<ParallelContext>> ParallelContext::Create(const T
     ASSIGN_OR_RETURN(d, WithNccl(dp, device->index()));
 #endif
   }
-  return std::unique_ptr<ParallelContext>(
-      new Context(topology, std::string(name, name_len), owns_mpi, std::move(w), std::move(e), std::move(d)));
+  watchdog.Done();
+  JobLayout layout{std::move(places), std::move(hosts), launch.launcher, ep_size};
+  return std::unique_ptr<ParallelContext>(new Context(topology, std::move(layout), std::string(name, name_len),
+                                                      owns_mpi, std::move(w), std::move(e), std::move(d)));
 }
 
 }  // namespace hybridmoe

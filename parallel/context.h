@@ -6,7 +6,10 @@
 // p == rank. Expert e lives on ep_rank e / (E / EP). See parallel/topology.h.
 // Launched without mpirun/srun (or srun with one task) everything is the identity and MPI is never
 // initialised. Every collective has a deadline (parallel.timeout_s): a dead or stuck rank makes the others
-// print one line naming it and abort the job (parallel/communicator.h).
+// print one line naming it and abort the job (parallel/communicator.h). Start-up has the same deadline: MPI_Init,
+// the exchange in which every rank reports to rank 0 (naming the ranks that never do) and the creation of the
+// groups must finish within parallel.timeout_s, or the rank prints one line saying which stage did not
+// finish and exits with status 1 (a rank of a lost host would otherwise keep the others waiting forever).
 //
 // Gradient semantics (so that W ranks reproduce one rank that accumulates W micro-batches):
 //   non-expert gradients: summed over all ranks, divided by world size;
@@ -51,6 +54,9 @@ class ParallelContext {
   virtual int local_rank() const = 0;
   virtual int local_size() const = 0;  // ranks on this node
   virtual std::string node_name() const = 0;
+  // Writes the job's layout (hosts, ranks per host, each EP and DP group: parallel/topology.h's TopologyJson)
+  // to `path` atomically. Talks to no other rank: rank 0 calls it for the run directory's topology.json.
+  virtual absl::Status WriteTopology(const std::string& path) const = 0;
 
   // Installs expert-parallel dispatchers (and the matching expert shards) on every MoE layer (a no-op
   // when EP = 1). It replaces each layer's `experts` module: call before reset_parameters / loading

@@ -5,6 +5,9 @@
 #include <map>
 #include <numeric>
 #include <tuple>
+#include <utility>
+
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -106,6 +109,51 @@ Topology MakeTopology(const std::vector<RankPlace>& places, int rank, int ep_siz
   for (int e = 0; e < ep_size; ++e) t.ep_group.push_back(order[t.dp_rank * ep_size + e]);
   for (int d = 0; d < t.dp_size; ++d) t.dp_group.push_back(order[d * ep_size + t.ep_rank]);
   return t;
+}
+
+std::string TopologyJson(const std::vector<RankPlace>& places, const std::vector<std::string>& hosts, int ep_size,
+                         const std::string& launcher) {
+  const int world = static_cast<int>(places.size());
+  std::vector<Topology> all;
+  for (int r = 0; r < world; ++r) all.push_back(MakeTopology(places, r, ep_size));
+  nlohmann::ordered_json out;
+  out["launcher"] = launcher;
+  out["world_size"] = world;
+  out["ep_size"] = ep_size;
+  out["dp_size"] = world / ep_size;
+  out["num_hosts"] = all.empty() ? 0 : all[0].num_nodes;
+  std::vector<std::vector<int>> ranks_of_node(out["num_hosts"].get<int>());
+  std::vector<int> by_local(world);
+  std::iota(by_local.begin(), by_local.end(), 0);
+  std::sort(by_local.begin(), by_local.end(),
+            [&](int a, int b) { return std::make_pair(all[a].local_rank, a) < std::make_pair(all[b].local_rank, b); });
+  for (int r : by_local) ranks_of_node[all[r].node].push_back(r);
+  nlohmann::ordered_json host_list = nlohmann::ordered_json::array();
+  for (const std::vector<int>& ranks : ranks_of_node) {
+    nlohmann::ordered_json h;
+    h["name"] = hosts.at(ranks.front());
+    h["ranks"] = ranks;
+    host_list.push_back(h);
+  }
+  out["hosts"] = host_list;
+  nlohmann::ordered_json rank_list = nlohmann::ordered_json::array();
+  std::vector<std::vector<int>> ep_groups(world / ep_size), dp_groups(ep_size);
+  for (const Topology& t : all) {
+    nlohmann::ordered_json r;
+    r["rank"] = t.rank;
+    r["host"] = hosts.at(t.rank);
+    r["node"] = t.node;
+    r["local_rank"] = t.local_rank;
+    r["ep_rank"] = t.ep_rank;
+    r["dp_rank"] = t.dp_rank;
+    rank_list.push_back(r);
+    ep_groups[t.dp_rank] = t.ep_group;
+    dp_groups[t.ep_rank] = t.dp_group;
+  }
+  out["ranks"] = rank_list;
+  out["ep_groups"] = ep_groups;
+  out["dp_groups"] = dp_groups;
+  return out.dump(2) + "\n";
 }
 
 }  // namespace hybridmoe

@@ -60,4 +60,14 @@ struct Topology {
 // `places[r]` describes world rank r. `ep_size` must divide places.size().
 Topology MakeTopology(const std::vector<RankPlace>& places, int rank, int ep_size);
 
+// The job's layout as rank 0 records it in the run directory (topology.json), one JSON object:
+//   launcher, world_size, ep_size, dp_size, num_hosts;
+//   hosts: [{name, ranks: [world ranks, by local rank]}] in node order (MakeTopology's node index);
+//   ranks: [{rank, host, node, local_rank, ep_rank, dp_rank}] by world rank;
+//   ep_groups: the world ranks of each EP group (indexed by dp_rank, each indexed by ep_rank);
+//   dp_groups: the world ranks holding each EP rank's experts (indexed by ep_rank, each by dp_rank).
+// `places[r]` and `hosts[r]` (the host name, e.g. MPI's processor name) describe world rank r.
+std::string TopologyJson(const std::vector<RankPlace>& places, const std::vector<std::string>& hosts, int ep_size,
+                         const std::string& launcher);
+
 }  // namespace hybridmoe

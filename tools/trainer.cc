@@ -299,6 +299,7 @@ absl::Status Train(const TrainConfig& config, const TrainOptions& options, Paral
   }
   ctx.Barrier();
   ASSIGN_OR_RETURN(RunLog log, RunLog::Open(config, options, state.step, model, root));
+  if (root) RETURN_IF_ERROR(ctx.WriteTopology(dir + "/topology.json"));
   const auto sum_over_ranks = [&ctx](std::vector<double>& v) { ctx.SumOverRanks(v); };
 
   const int64_t steps = config.train().steps(), world = ctx.world_size();
