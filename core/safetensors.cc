@@ -307,7 +307,16 @@ absl::StatusOr<at::Tensor> SafetensorsReader::Read(const std::string& name) cons
   const SafetensorsEntry* e = entry(name);
   if (e == nullptr) return absl::NotFoundError(absl::StrCat(path_, ": no tensor named ", name));
   at::Tensor t = at::empty(e->shape, at::TensorOptions().dtype(e->scalar_type));
-  if (e->end > e->begin) std::memcpy(t.data_ptr(), files_[e->file].data + e->begin, e->end - e->begin);
+  if (e->end > e->begin) {
+    const uint8_t* src = files_[e->file].data + e->begin;
+    std::memcpy(t.data_ptr(), src, e->end - e->begin);
+    // Drop the pages just read from this process (whole pages inside or around the tensor; a neighbour's page
+    // read again later comes back from the page cache).
+    static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+    const uintptr_t first = reinterpret_cast<uintptr_t>(src) / page * page;
+    const uintptr_t last = (reinterpret_cast<uintptr_t>(src) + (e->end - e->begin) + page - 1) / page * page;
+    madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+  }
   return t;
 }
 
@@ -324,20 +333,40 @@ absl::StatusOr<std::map<std::string, at::Tensor>> ReadSafetensors(const std::str
 
 absl::Status WriteSafetensors(const std::string& path, const std::map<std::string, at::Tensor>& tensors,
                               const std::map<std::string, std::string>& metadata) {
-  struct Item {
-    const std::string* name;
-    at::Tensor data;
-    const DtypeInfo* dtype;
-  };
-  std::vector<Item> items;
+  std::vector<StreamedTensor> items;
   for (const auto& [name, t] : tensors) {
-    if (name == "__metadata__")
-      return absl::InvalidArgumentError(absl::StrCat(path, ": tensor name __metadata__ is reserved"));
     if (!t.defined()) return absl::InvalidArgumentError(absl::StrCat(path, ": tensor ", name, " is undefined"));
-    auto dtype = SafetensorsDtypeName(t.scalar_type());
-    if (!dtype.ok())
-      return absl::InvalidArgumentError(absl::StrCat(path, ": tensor ", name, ": ", dtype.status().message()));
-    items.push_back({&name, t.detach().to(at::kCPU).contiguous(), FindDtype(*dtype)});
+    const at::Tensor* value = &t;
+    items.push_back({name, t.scalar_type(), t.sizes().vec(), [value] { return *value; }});
+  }
+  return WriteSafetensorsStreamed(path, std::move(items), metadata);
+}
+
+absl::Status WriteSafetensorsStreamed(const std::string& path, std::vector<StreamedTensor> tensors,
+                                      const std::map<std::string, std::string>& metadata) {
+  struct Item {
+    StreamedTensor* tensor;
+    const DtypeInfo* dtype;
+    uint64_t bytes;
+  };
+  std::sort(tensors.begin(), tensors.end(),
+            [](const StreamedTensor& a, const StreamedTensor& b) { return a.name < b.name; });
+  std::vector<Item> items;
+  for (StreamedTensor& t : tensors) {
+    if (t.name == "__metadata__") {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": tensor name __metadata__ is reserved"));
+    }
+    if (!items.empty() && items.back().tensor->name == t.name) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": tensor ", t.name, " appears twice"));
+    }
+    auto dtype = SafetensorsDtypeName(t.dtype);
+    if (!dtype.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": tensor ", t.name, ": ", dtype.status().message()));
+    }
+    const DtypeInfo* info = FindDtype(*dtype);
+    uint64_t numel = 1;
+    for (const int64_t d : t.shape) numel *= static_cast<uint64_t>(d);
+    items.push_back({&t, info, numel * static_cast<uint64_t>(c10::elementSize(t.dtype))});
   }
   // Python's order (ranks descend with element size, so every tensor is naturally aligned), then by name.
   std::stable_sort(items.begin(), items.end(),
@@ -345,23 +374,39 @@ absl::Status WriteSafetensors(const std::string& path, const std::map<std::strin
   json header = json::object();
   uint64_t offset = 0;
   for (const Item& item : items) {
-    const uint64_t n = item.data.numel() * item.data.element_size();
-    header[*item.name] = {
-        {"dtype", item.dtype->name}, {"shape", item.data.sizes().vec()}, {"data_offsets", {offset, offset + n}}};
-    offset += n;
+    header[item.tensor->name] = {
+        {"dtype", item.dtype->name}, {"shape", item.tensor->shape}, {"data_offsets", {offset, offset + item.bytes}}};
+    offset += item.bytes;
   }
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');
-  return WriteFileAtomically(path, [&](FILE* f) {
+  absl::Status produced = absl::OkStatus();
+  absl::Status written = WriteFileAtomically(path, [&](FILE* f) {
     const uint64_t len = text.size();
-    bool ok = std::fwrite(&len, 8, 1, f) == 1 && std::fwrite(text.data(), 1, text.size(), f) == text.size();
+    if (std::fwrite(&len, 8, 1, f) != 1 || std::fwrite(text.data(), 1, text.size(), f) != text.size()) return false;
     for (const Item& item : items) {
-      const size_t n = item.data.numel() * item.data.element_size();
-      if (ok && n > 0) ok = std::fwrite(item.data.data_ptr(), 1, n, f) == n;
+      absl::StatusOr<at::Tensor> t = item.tensor->produce();
+      if (!t.ok()) {
+        produced = absl::Status(t.status().code(),
+                                absl::StrCat(path, ": tensor ", item.tensor->name, ": ", t.status().message()));
+        return false;
+      }
+      if (!t->defined() || t->scalar_type() != item.tensor->dtype ||
+          t->sizes() != at::IntArrayRef(item.tensor->shape)) {
+        produced = absl::InternalError(absl::StrCat(
+            path, ": tensor ", item.tensor->name, " was declared ", c10::toString(item.tensor->dtype), " [",
+            absl::StrJoin(item.tensor->shape, ","), "] but produced ",
+            t->defined() ? absl::StrCat(c10::toString(t->scalar_type()), " [", absl::StrJoin(t->sizes(), ","), "]")
+                         : "an undefined tensor"));
+        return false;
+      }
+      const at::Tensor host = t->detach().to(at::kCPU).contiguous();
+      if (item.bytes > 0 && std::fwrite(host.data_ptr(), 1, item.bytes, f) != item.bytes) return false;
     }
-    return ok;
+    return true;
   });
+  return produced.ok() ? written : produced;
 }
 
 absl::Status WriteSafetensorsIndex(const std::string& path, const std::map<std::string, std::string>& weight_map,

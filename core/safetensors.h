@@ -13,6 +13,10 @@
 // at::Tensors. Every error is one line naming the file and tensor, e.g.
 //   ckpt/model.safetensors: tensor blocks.0.attn.wq: data_offsets [0,4096) end past the data section
 //   (1024 bytes; truncated file?)
+// Read copies a tensor out of the map and then drops the mapped pages it touched (madvise DONTNEED; the page
+// cache keeps them), so reading every tensor of a 14 GB checkpoint one at a time keeps the process's resident
+// memory at about one tensor, not the checkpoint. WriteSafetensorsStreamed writes tensors whose bytes are
+// produced one at a time, in file order (header first, from the declared shapes and dtypes).
 // WriteSafetensors writes keys sorted, data in the order Python's writer uses (by dtype, larger elements
 // first, then by name, so every tensor is naturally aligned and the data section is byte-identical), the header padded
 // with spaces to a multiple of 8 bytes, to a temporary file that is renamed into place: a failed write never damages an
@@ -22,6 +26,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -86,6 +91,21 @@ absl::StatusOr<std::map<std::string, at::Tensor>> ReadSafetensors(
 // Writes `tensors` (any device; must have a known dtype) atomically to `path`.
 absl::Status WriteSafetensors(const std::string& path, const std::map<std::string, at::Tensor>& tensors,
                               const std::map<std::string, std::string>& metadata = {});
+
+// A tensor of WriteSafetensorsStreamed: its name, dtype and shape up front, its value produced on demand.
+struct StreamedTensor {
+  std::string name;
+  at::ScalarType dtype;
+  std::vector<int64_t> shape;
+  // Called once, in file order; must return a tensor of exactly `dtype` and `shape` (any device, any layout).
+  std::function<absl::StatusOr<at::Tensor>()> produce;
+};
+
+// Writes `tensors` atomically to `path`, the same bytes WriteSafetensors writes for the same values, holding
+// one produced tensor at a time. An error from `produce` or a tensor that differs from its declaration is
+// returned (naming the tensor) and leaves no file.
+absl::Status WriteSafetensorsStreamed(const std::string& path, std::vector<StreamedTensor> tensors,
+                                      const std::map<std::string, std::string>& metadata = {});
 
 // Writes a Hugging Face shard index (`weight_map`: tensor name -> shard file name, relative to the
 // index's directory) atomically to `path`.

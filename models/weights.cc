@@ -12,6 +12,7 @@
 #include "absl/strings/str_split.h"
 #include "core/config.h"
 #include "core/files.h"
+#include "core/init.h"
 #include "core/status.h"
 
 namespace hybridmoe {
@@ -87,8 +88,11 @@ TensorSource SourceFromReader(const SafetensorsReader& reader) {
   return source;
 }
 
-absl::Status LoadModelWeightsFrom(Transformer& model, const TensorSource& source, bool allow_missing) {
-  const std::vector<WeightSlot> slots = ModelWeightSlots(model);
+namespace {
+
+// LoadModelWeightsFrom's checks, before anything is read.
+absl::Status CheckSource(Transformer& model, const std::vector<WeightSlot>& slots, const TensorSource& source,
+                         bool allow_missing) {
   std::set<std::string> param_names, slot_keys, missing, extra;
   for (const auto& item : model->named_parameters(/*recurse=*/true)) param_names.insert(item.key());
   for (const WeightSlot& s : slots) {
@@ -128,6 +132,14 @@ absl::Status LoadModelWeightsFrom(Transformer& model, const TensorSource& source
                                                      "; the model expects floating point (F32, F16, BF16 or F64)"));
     }
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status LoadModelWeightsFrom(Transformer& model, const TensorSource& source, bool allow_missing) {
+  const std::vector<WeightSlot> slots = ModelWeightSlots(model);
+  RETURN_IF_ERROR(CheckSource(model, slots, source, allow_missing));
   at::NoGradGuard no_grad;
   for (const WeightSlot& s : slots) {
     auto it = source.tensors.find(s.key);
@@ -161,6 +173,39 @@ absl::Status SaveModelDir(Transformer& model, const TrainConfig& config, const s
                           const std::map<std::string, std::string>& metadata) {
   RETURN_IF_ERROR(MakeDirs(dir));
   RETURN_IF_ERROR(SaveModelWeights(model, dir + "/" + kWeightsFileName, metadata));
+  TrainConfig full = config;
+  ResolveDefaults(full);
+  return WriteFileAtomically(dir + "/" + kConfigFileName, ConfigToText(full));
+}
+
+absl::Status ConvertToModelDir(const TrainConfig& config, const TensorSource& source, const std::string& dir,
+                               const std::map<std::string, std::string>& metadata) {
+  // The model's keys, shapes and dtypes without its storage (core/init.h).
+  Transformer model = nullptr;
+  {
+    ParamDeviceScope meta(at::kMeta);
+    model = Transformer(TransformerOptionsFromConfig(config.model()));
+  }
+  const std::vector<WeightSlot> slots = ModelWeightSlots(model);
+  RETURN_IF_ERROR(CheckSource(model, slots, source, /*allow_missing=*/false));
+  std::vector<StreamedTensor> tensors;
+  for (const WeightSlot& s : slots) {
+    const SourceTensor* from = &source.tensors.at(s.key);
+    const at::ScalarType dtype = s.value.scalar_type();
+    const std::vector<int64_t> shape = s.value.sizes().vec();
+    tensors.push_back({s.key, dtype, shape, [from, dtype, shape]() -> absl::StatusOr<at::Tensor> {
+                         ASSIGN_OR_RETURN(const at::Tensor t, from->read());
+                         if (t.sizes() != at::IntArrayRef(shape)) {
+                           return absl::InternalError(absl::StrCat(from->where, ": read shape ", ShapeString(t.sizes()),
+                                                                   " differs from the header's ", ShapeString(shape)));
+                         }
+                         return t.to(dtype);
+                       }});
+  }
+  RETURN_IF_ERROR(MakeDirs(dir));
+  std::map<std::string, std::string> meta = metadata;
+  meta.emplace("format", "pt");
+  RETURN_IF_ERROR(WriteSafetensorsStreamed(dir + "/" + kWeightsFileName, std::move(tensors), meta));
   TrainConfig full = config;
   ResolveDefaults(full);
   return WriteFileAtomically(dir + "/" + kConfigFileName, ConfigToText(full));

@@ -73,6 +73,13 @@ absl::Status SaveModelWeights(Transformer& model, const std::string& path,
 // Model directories: creates `dir` if needed and writes model.safetensors then config.textproto.
 absl::Status SaveModelDir(Transformer& model, const TrainConfig& config, const std::string& dir,
                           const std::map<std::string, std::string>& metadata = {});
+// Writes the model directory of `config`'s model straight from `source`, without holding the model: the
+// model is built on the meta device (core/init.h) for its keys, shapes and dtypes, `source` passes the checks
+// of LoadModelWeightsFrom, and each tensor is read, converted to the parameter's dtype and written one at a
+// time (core/safetensors.h WriteSafetensorsStreamed). The files are those SaveModelDir writes for the model
+// loaded from `source`; peak memory is about two copies of the largest tensor (convert_hf --from_hf).
+absl::Status ConvertToModelDir(const TrainConfig& config, const TensorSource& source, const std::string& dir,
+                               const std::map<std::string, std::string>& metadata = {});
 // Parses dir/config.textproto and validates it (files not checked, as for a single process).
 absl::StatusOr<TrainConfig> ReadModelDirConfig(const std::string& dir);
 // Builds the model of dir/config.textproto (CPU, fp32) and loads dir/model.safetensors into it.

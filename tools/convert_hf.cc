@@ -1,5 +1,7 @@
 // Hugging Face OLMoE <-> HybridMoE model directories.
 //   convert_hf --from_hf=HF_DIR --out=OUR_DIR   import (config.json + model.safetensors or sharded index)
+// Import streams tensor by tensor (models/weights.h ConvertToModelDir): the Hub's sharded bf16 flagship (14 GB)
+// converts with about one tensor in memory (docs/flagship.md has the measurement).
 //   convert_hf --to_hf=HF_DIR --from=OUR_DIR    export (config.json with model_type "olmoe" + model.safetensors)
 // An imported model is QK_NORM with FULL_WIDTH q/k norms, RMSNorm (eps = rms_norm_eps), every block MoE.
 // Import refuses, with one line naming the config.json key and value, what that cannot represent:
@@ -212,9 +214,7 @@ absl::Status Import(const std::string& hf_dir, const std::string& out_dir, bool 
     source.tensors[ours] = {e->shape, e->scalar_type, absl::StrCat(reader->file_of(name), ": tensor ", name),
                             [&reader, name] { return reader->Read(name); }};
   }
-  Transformer model(TransformerOptionsFromConfig(config.model()));
-  RETURN_IF_ERROR(LoadModelWeightsFrom(model, source));
-  return SaveModelDir(model, config, out_dir, {{"hf_config_json", text}, {"converted_from", hf_dir}});
+  return ConvertToModelDir(config, source, out_dir, {{"hf_config_json", text}, {"converted_from", hf_dir}});
 }
 
 // Checks that the model is what OlmoeForCausalLM computes; one line naming the field otherwise.
