@@ -14,7 +14,7 @@ int64_t NormsOfForm(SubLayerForm form) { return int64_t{UsesInputNorm(form)} + i
 ParamCount Dense(int64_t n) { return {n, n}; }
 
 constexpr int64_t kGiB = int64_t{1} << 30;
-constexpr int64_t kRuntimeBytes = kGiB / 2;
+constexpr int64_t kRuntimeBytes = kGiB / 4;
 
 // Activation bytes per token of a micro-batch (everything AccountMemory's activations term counts).
 int64_t ActivationBytesPerToken(const ModelConfig& m, const std::vector<BlockAccount>& blocks, bool bf16,
@@ -27,9 +27,13 @@ int64_t ActivationBytesPerToken(const ModelConfig& m, const std::vector<BlockAcc
     sum += bytes;
     largest = std::max(largest, bytes);
   }
-  const int64_t head = 2 * d * c + V * (c + 12);
-  const int64_t body = checkpointing ? static_cast<int64_t>(blocks.size()) * d * c + largest : sum;
-  return body + head;
+  // The head's peak, in its backward: logits (held by the step's output), the fp32 logits of the loss (BF16),
+  // the log-softmax and its gradient (dlogits takes the freed log-softmax's place).
+  const int64_t head = 2 * d * c + V * (c + 8 + (bf16 ? 4 : 0));
+  if (!checkpointing) return sum + head;
+  // Backward runs the head first and frees its [T, V] tensors before it recomputes the last block, so the head
+  // and the recomputed block are not alive together; the blocks' inputs are.
+  return static_cast<int64_t>(blocks.size()) * d * c + std::max(head, largest);
 }
 
 // All-to-all staging bytes per token (send + receive of one exchange), zero without expert parallelism.

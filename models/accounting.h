@@ -28,18 +28,20 @@
 //   gradients: fp32 4*P_rank (BF16: the copies' bf16 gradients are folded into fp32 group by group after
 //     backward, never more than 4*P_rank together);  optimizer: AdamW exp_avg + exp_avg_sq 8*P_rank;
 //   activations (balanced routing: each rank's experts see T*k slots; T = micro-batch x seq_len tokens):
-//     T * (sum over blocks of the bytes a block saves for backward), or with activation checkpointing
-//     T * (L * d * c (each block's input) + the largest block's bytes (the one being recomputed)),
-//     plus the head: T * (2d*c (final norm in/out) + V*(c + 12) (logits in the compute dtype, fp32 logits
-//     for the loss in BF16, log-softmax and the two [T, V] fp32 gradients of backward)); c = 4 (FP32) or 2
-//     (BF16). A block saves, per token, c bytes for each of: 7d (attention projection input, q, k, v, roped
-//     q, k, output), d per q/k/v norm, d per block norm, d for a head scale, MoE: d (router input) +
-//     k*(2d + 4f) (gathered input, gate, up, silu(gate), silu*up, expert output) (+ k*f hidden norm); dense:
-//     d + 4F (+ F); and 4 bytes for each of: H (softmax log-sum-exp), 2E (router logits and probabilities,
-//     always fp32), in BF16 2d per norm (its fp32 statistics input and normalised output);
+//     T * (sum over blocks of the bytes a block saves for backward + head), or with activation checkpointing
+//     T * (L * d * c (each block's input) + max(head, the largest block's bytes)): backward runs the head
+//     first and frees its [T, V] tensors before it recomputes a block; head = 2d*c (final norm in/out) +
+//     V*(c + 8) (logits in the compute dtype, the log-softmax and its fp32 gradient; dlogits reuses the freed
+//     log-softmax) + 4V in BF16 (the fp32 logits of the loss); c = 4 (FP32) or 2 (BF16). Calibrated on the
+//     full-width flagship block (docs/flagship.md: peak RSS within 2% at 1024 and 2048 tokens). A block saves, per
+//     token, c bytes for each of: 7d (attention projection input, q, k, v, roped q, k, output), d per q/k/v norm, d per
+//     block norm, d for a head scale, MoE: d (router input) + k*(2d + 4f) (gathered input, gate, up, silu(gate),
+//     silu*up, expert output) (+ k*f hidden norm); dense: d + 4F (+ F); and 4 bytes for each of: H (softmax
+//     log-sum-exp), 2E (router logits and probabilities, always fp32), in BF16 2d per norm (its fp32 statistics input
+//     and normalised output);
 //   all_to_all (EP > 1): the send and receive buffers of one exchange, 2 * T*k*d*c;
-//   runtime: the process itself (LibTorch, oneDNN/MKL and MPI code and buffers), 0.5 GiB, measured on the
-//     CPU (docs/flagship.md); a GPU's CUDA context and workspace are of the same order.
+//   runtime: the process itself (LibTorch, oneDNN/MKL and MPI code and buffers), 0.25 GiB, measured on the
+//     CPU (docs/flagship.md); a GPU's CUDA context and workspace add about as much again (not measured here).
 // WhatFits answers, for a device memory, which layouts fit: per EP degree, precision and checkpointing,
 // whether the configured micro-batch fits and the largest micro-batch and sequence length that do
 // (activations are linear in tokens: SDPA keeps O(T) per head, not the [S, S] scores).
