@@ -124,6 +124,15 @@ std::vector<BlockAccount> AccountBlocks(const ModelConfig& model) {
       p.expert_sharded = E * (expert + hidden_norm);
       act += d + k * (2 * d + 4 * f) + (layout.ffn_hidden_norm ? k * f : 0);
       act_fp32 += 2 * E;  // router logits and probabilities
+      if (const int64_t fs = o.moe.shared_hidden; fs > 0) {  // the shared expert: a dense SwiGLU (+ its gate)
+        p.dense_ffn = Dense(3 * d * fs + (o.moe.shared_gate ? d : 0));
+        if (layout.ffn_hidden_norm) {
+          p.normformer.total += fs * norm_factor;
+          p.normformer.active += fs * norm_factor;
+        }
+        act += d + 4 * fs + (layout.ffn_hidden_norm ? fs : 0);
+        act_fp32 += o.moe.shared_gate ? 1 : 0;
+      }
     } else {
       p.dense_ffn = Dense(3 * d * F);
       if (layout.ffn_hidden_norm) {

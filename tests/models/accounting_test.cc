@@ -50,6 +50,7 @@ std::string ComponentOf(const std::string& name) {
   if (EndsWith(name, ".moe.router")) return "router";
   if (Contains(name, ".moe.experts.w_")) return "experts";
   if (Contains(name, ".ffn.w_")) return "dense_ffn";
+  if (Contains(name, ".moe.shared_expert")) return "dense_ffn";  // the shared expert and its gate
   return "unknown:" + name;
 }
 
@@ -160,6 +161,32 @@ TEST(AccountingTest, EveryStrategyKindGranularityAndMixMatchesBuiltModel) {
     }
   }
   EXPECT_EQ(cases, 10 * 2 * 3 * 4);
+}
+
+TEST(AccountingTest, SharedExpertsAndDenseFirstBlocksMatchBuiltModel) {
+  int cases = 0;
+  for (const std::string strategy : {"PRE_NORM", "HYBRID_NORM", "NORMFORMER"}) {
+    for (const std::string kind : {"RMS", "LAYER"}) {
+      for (int shared : {0, 7}) {
+        for (const std::string gate : {"false", "true"}) {
+          if (shared == 0 && gate == "true") continue;
+          for (int first_dense : {0, 1, 3}) {
+            for (int every : {1, 2}) {
+              const std::string text = absl::StrCat(
+                  "model { vocab_size: 50 d_model: 24 n_layers: 3 n_heads: 3 dense_hidden: 40 norm { strategy: ",
+                  strategy, " kind: ", kind,
+                  " } moe { num_experts: 5 top_k: 2 expert_hidden: 12 every_n_layers: ", every,
+                  " first_dense_layers: ", first_dense, " shared_expert_hidden: ", shared,
+                  " shared_expert_gate: ", gate, " } }");
+              ExpectMatchesBuiltModel(Load("configs/tiny.textproto", {text}), text);
+              ++cases;
+            }
+          }
+        }
+      }
+    }
+  }
+  EXPECT_EQ(cases, 3 * 2 * 3 * 3 * 2);
 }
 
 TEST(AccountingTest, ExpertParallelShardMatchesBuiltShard) {
