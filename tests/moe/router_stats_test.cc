@@ -300,6 +300,54 @@ TEST(RouterAlerts, CollapseDeadAndGrowthWithTheStepTheyBegan) {
   EXPECT_TRUE(FindRouterAlerts(records, AlertThresholds()).empty());
 }
 
+TEST(RouterAlerts, ExpertParallelOverloadDroppedSlotsAndTheBiasInRecordsAndSummaries) {
+  RouterCounters c;
+  c.counts_E = {40, 20, 20, 20};  // 50 tokens, top-2
+  c.tokens = 50;
+  c.forwards = 1;
+  c.dropped = 4;
+  c.rows_received_R = {60, 20};  // EP rank 0 holds experts 0-1: 60 rows against a mean of 40
+  c.exchange_seconds_R = {0, 0};
+  c.selection_bias_E = {-0.03, 0.01, 0.01, 0.01};
+  std::vector<RouterStepRecord> records;
+  for (int64_t step : {10, 20}) records.push_back(MakeRouterRecord(step, 0, 2, c));
+  const RouterStepRecord& r = records.back();
+  EXPECT_DOUBLE_EQ(r.ep_overload(), 60.0 / 40.0);
+  EXPECT_DOUBLE_EQ(r.dropped_fraction(), 4.0 / 100.0);
+  ASSERT_EQ(r.selection_bias_size(), 4);
+  EXPECT_DOUBLE_EQ(r.selection_bias(0), -0.03);
+  AlertThresholds t;
+  t.ep_overload = 1.4;
+  std::map<std::string, const RouterAlert*> by_kind;
+  const std::vector<RouterAlert> alerts = FindRouterAlerts(records, t);
+  for (const RouterAlert& a : alerts) by_kind[a.kind] = &a;
+  ASSERT_TRUE(by_kind.count("ep_overload"));
+  EXPECT_EQ(by_kind["ep_overload"]->began_step, 10);
+  EXPECT_DOUBLE_EQ(by_kind["ep_overload"]->value, 1.5);
+  EXPECT_NE(by_kind["ep_overload"]->detail.find("EP rank 0"), std::string::npos) << by_kind["ep_overload"]->detail;
+  ASSERT_TRUE(by_kind.count("dropped_tokens"));
+  EXPECT_DOUBLE_EQ(by_kind["dropped_tokens"]->value, 0.04);
+  t.ep_overload = 1.5;  // strictly above the threshold only
+  t.dropped_fraction = 0.05;
+  for (const RouterAlert& a : FindRouterAlerts(records, t)) {
+    EXPECT_NE(a.kind, "ep_overload");
+    EXPECT_NE(a.kind, "dropped_tokens");
+  }
+  std::map<std::string, double> summary;
+  for (const auto& [k, v] : SummarizeRouterRecords({r})) summary[k] = v;
+  EXPECT_DOUBLE_EQ(summary["router/layer0/ep_overload"], 1.5);
+  EXPECT_DOUBLE_EQ(summary["router/layer0/dropped_fraction"], 0.04);
+  EXPECT_DOUBLE_EQ(summary["router/layer0/bias_min"], -0.03);
+  EXPECT_DOUBLE_EQ(summary["router/layer0/bias_max"], 0.01);
+  EXPECT_DOUBLE_EQ(summary["router/bias_range"], 0.04);
+  EXPECT_DOUBLE_EQ(summary["router/ep_overload"], 1.5);
+  // Without the bias there are no bias scalars.
+  c.selection_bias_E.clear();
+  for (const auto& [k, v] : SummarizeRouterRecords({MakeRouterRecord(30, 0, 2, c)})) {
+    EXPECT_EQ(k.find("bias"), std::string::npos) << k;
+  }
+}
+
 TEST(ReadRouterStats, LastDuplicateWinsAndNonsenseIsInvalid) {
   const std::string dir = TempDir("read");
   {
