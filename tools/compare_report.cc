@@ -509,7 +509,8 @@ std::vector<GroupResult> Groups(const SweepReport& r) {
         ++g.diverged;
         continue;
       }
-      if (v.status == "complete") ++g.complete;
+      if (v.status != "complete") continue;  // not run, incomplete or failed: no final loss yet
+      ++g.complete;
       g.losses.push_back(v.summary.final_train_loss);
       val.push_back(v.summary.final_val_loss);
     }
@@ -638,12 +639,13 @@ Table SeedTable(const SweepReport& r, const std::vector<GroupResult>& groups, in
   for (const GroupResult& g : groups) {
     if (g.depth != depth) continue;
     const bool base = g.strategy == r.baseline, cmp = g.welch.valid;
-    t.rows.push_back({g.strategy, absl::StrCat(g.runs.size()), absl::StrCat(g.diverged), Fixed(g.final_loss.mean),
-                      Fixed(g.final_loss.std), Fixed(g.final_loss.min), Fixed(g.final_loss.max), MeanStd(g.final_val),
-                      cmp ? absl::StrFormat("%+.4f", g.welch.diff) : "-",
-                      cmp ? absl::StrCat(Sig(g.welch.t), " (", Fixed(g.welch.df, 1), ")") : "-",
-                      cmp ? Sig(g.welch.p) : "-", base || g.final_loss.n == 0 ? "-" : (g.ranges_overlap ? "yes" : "no"),
-                      g.verdict});
+    const size_t unfinished = g.runs.size() - static_cast<size_t>(g.complete + g.diverged);
+    t.rows.push_back(
+        {g.strategy, absl::StrCat(g.runs.size(), unfinished ? absl::StrCat(" (", unfinished, " unfinished)") : ""),
+         absl::StrCat(g.diverged), Fixed(g.final_loss.mean), Fixed(g.final_loss.std), Fixed(g.final_loss.min),
+         Fixed(g.final_loss.max), MeanStd(g.final_val), cmp ? absl::StrFormat("%+.4f", g.welch.diff) : "-",
+         cmp ? absl::StrCat(Sig(g.welch.t), " (", Fixed(g.welch.df, 1), ")") : "-", cmp ? Sig(g.welch.p) : "-",
+         base || g.final_loss.n == 0 ? "-" : (g.ranges_overlap ? "yes" : "no"), g.verdict});
   }
   return t;
 }

@@ -94,8 +94,9 @@ struct GroupResult {
   int64_t depth = 0;
   std::string strategy;
   std::vector<size_t> runs;  // indices into SweepReport::variants
+  // Runs that diverged / completed without diverging; the others (not run, incomplete, failed) are left out.
   int diverged = 0, complete = 0;
-  SampleStats final_loss, final_val;  // over the runs that did not diverge
+  SampleStats final_loss, final_val;  // over the complete runs
   std::vector<double> losses;         // those final train losses
   // Against the baseline group of the same depth (empty verdict for the baseline itself).
   WelchResult welch;

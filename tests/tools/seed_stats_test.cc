@@ -107,6 +107,8 @@ TEST(SeedStats, GroupsAndVerdicts) {
   SweepReport r;
   r.baseline = "PRE_NORM";
   for (double l : {2.80, 2.82, 2.81}) r.variants.push_back(MakeRun("PRE_NORM", 4, l));
+  r.variants.push_back(MakeRun("PRE_NORM", 4, 9.0));  // still running: left out of the statistics
+  r.variants.back().status = "incomplete";
   for (double l : {3.27, 3.28, 3.275}) r.variants.push_back(MakeRun("POST_NORM", 4, l));    // clearly worse
   for (double l : {2.79, 2.83, 2.805}) r.variants.push_back(MakeRun("HYBRID_NORM", 4, l));  // inside the spread
   r.variants.push_back(MakeRun("MIX_LN", 4, NAN, true));                                    // every seed diverged
@@ -117,7 +119,9 @@ TEST(SeedStats, GroupsAndVerdicts) {
   ASSERT_EQ(g.size(), 6u);
   EXPECT_EQ(g[0].strategy, "PRE_NORM");
   EXPECT_EQ(g[0].verdict, "baseline");
-  EXPECT_EQ(g[0].runs.size(), 3u);
+  EXPECT_EQ(g[0].runs.size(), 4u);
+  EXPECT_EQ(g[0].complete, 3);
+  EXPECT_EQ(g[0].diverged, 0);
   EXPECT_NEAR(g[0].final_loss.mean, 2.81, 1e-12);
   EXPECT_NEAR(g[0].final_loss.std, 0.01, 1e-12);
   EXPECT_NEAR(g[0].final_val.mean, 2.82, 1e-12);
