@@ -29,12 +29,12 @@ Summary Summarize(std::vector<double> values) {
   return s;
 }
 
-double MeasureMatmulPeak(const std::vector<int64_t>& sizes, int reps) {
+double MeasureMatmulPeak(const std::vector<int64_t>& sizes, int reps, at::ScalarType dtype) {
   at::NoGradGuard no_grad;
   double best = 0;
   for (const int64_t n : sizes) {
-    const at::Tensor a = at::randn({n, n}), b = at::randn({n, n});
-    at::Tensor c = at::empty({n, n});
+    const at::Tensor a = at::randn({n, n}).to(dtype), b = at::randn({n, n}).to(dtype);
+    at::Tensor c = at::empty({n, n}, a.options());
     at::mm_out(c, a, b);
     for (int r = 0; r < reps; ++r) {
       const auto t0 = BenchClock::now();

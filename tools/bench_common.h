@@ -33,7 +33,8 @@ Summary Summarize(std::vector<double> values);
 
 // Best fp32 GEMM rate (FLOP/s) of at::mm on n x n x n for n in `sizes`, at the current at::get_num_threads(),
 // each size timed `reps` times after one warm-up (best of the reps: the machine's own limit right now).
-double MeasureMatmulPeak(const std::vector<int64_t>& sizes = {1024, 2048}, int reps = 3);
+double MeasureMatmulPeak(const std::vector<int64_t>& sizes = {1024, 2048}, int reps = 3,
+                         at::ScalarType dtype = at::kFloat);
 
 // Model FLOPs per token for training (3x forward): models/accounting.h's PaLM convention (full attention)
 // and the causally halved variant (only keys at or before the query count).

@@ -81,7 +81,7 @@ HfPaths DefaultHfPaths() {
 
 absl::StatusOr<std::unique_ptr<HfSide>> HfSide::Start(const HfPaths& paths, Transformer& model,
                                                       const TrainConfig& config, const at::Tensor& inputs,
-                                                      const at::Tensor& targets, int threads) {
+                                                      const at::Tensor& targets, int threads, bool autocast) {
   for (const std::string& f : {paths.python, paths.script, paths.convert_hf}) {
     if (!Exists(f))
       return absl::NotFoundError(
@@ -97,21 +97,22 @@ absl::StatusOr<std::unique_ptr<HfSide>> HfSide::Start(const HfPaths& paths, Tran
   int down[2], up[2];
   if (pipe(down) != 0 || pipe(up) != 0) return absl::InternalError("pipe failed");
   const OptimConfig& o = config.optim();
-  const std::vector<std::string> argv = {paths.python,
-                                         paths.script,
-                                         "--serve",
-                                         "--hf_dir=" + hf,
-                                         "--inputs=" + paths.work_dir + "/inputs.bin",
-                                         "--targets=" + paths.work_dir + "/targets.bin",
-                                         absl::StrCat("--batch=", inputs.size(0)),
-                                         absl::StrCat("--seq=", inputs.size(1)),
-                                         absl::StrCat("--threads=", threads),
-                                         absl::StrCat("--lr=", o.lr()),
-                                         absl::StrCat("--beta1=", o.beta1()),
-                                         absl::StrCat("--beta2=", o.beta2()),
-                                         absl::StrCat("--eps=", o.eps()),
-                                         absl::StrCat("--weight_decay=", o.weight_decay()),
-                                         absl::StrCat("--grad_clip=", o.grad_clip())};
+  std::vector<std::string> argv = {paths.python,
+                                   paths.script,
+                                   "--serve",
+                                   "--hf_dir=" + hf,
+                                   "--inputs=" + paths.work_dir + "/inputs.bin",
+                                   "--targets=" + paths.work_dir + "/targets.bin",
+                                   absl::StrCat("--batch=", inputs.size(0)),
+                                   absl::StrCat("--seq=", inputs.size(1)),
+                                   absl::StrCat("--threads=", threads),
+                                   absl::StrCat("--lr=", o.lr()),
+                                   absl::StrCat("--beta1=", o.beta1()),
+                                   absl::StrCat("--beta2=", o.beta2()),
+                                   absl::StrCat("--eps=", o.eps()),
+                                   absl::StrCat("--weight_decay=", o.weight_decay()),
+                                   absl::StrCat("--grad_clip=", o.grad_clip())};
+  if (autocast) argv.push_back("--autocast");
   const pid_t pid = fork();
   if (pid < 0) return absl::InternalError(absl::StrCat("fork failed: ", std::strerror(errno)));
   if (pid == 0) {

@@ -43,9 +43,10 @@ struct HfSteps {
 class HfSide {
  public:
   // Exports `model` (current weights) and the batch, starts the child and waits for `ready`.
+  // autocast: transformers' step under torch.autocast("cpu", bfloat16) (hf_bench.py --autocast).
   static absl::StatusOr<std::unique_ptr<HfSide>> Start(const HfPaths& paths, Transformer& model,
                                                        const TrainConfig& config, const at::Tensor& inputs,
-                                                       const at::Tensor& targets, int threads);
+                                                       const at::Tensor& targets, int threads, bool autocast = false);
   ~HfSide();
   absl::StatusOr<HfSteps> Steps(int n);
   const std::string& ready_line() const { return ready_; }

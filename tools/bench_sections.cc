@@ -263,6 +263,14 @@ void PrintTable(const Json& j) {
     row("fp32 matmul peak (GFLOP/s, this run)", absl::StrFormat("%.1f", med(t["matmul_peak_flops"]) / 1e9));
     row("MFU (model FLOPs / peak)", Pct(med(t["mfu"])), "target >= 50%");
     row("MFU, causal attention FLOPs", Pct(med(t["mfu_causal"])));
+    if (t.contains("mfu_bf16_peak")) {
+      row("bf16 matmul peak (GFLOP/s, this run)", absl::StrFormat("%.1f", med(t["matmul_peak_flops_bf16"]) / 1e9));
+      row("MFU against the bf16 peak", Pct(med(t["mfu_bf16_peak"])));
+    }
+    if (t.contains("bf16_over_fp32")) {
+      row("FP32 tokens/s (same run, alternated)", absl::StrFormat("%.0f", t["fp32_tokens_per_s"].get<double>()));
+      row("BF16 / FP32 tokens/s", absl::StrFormat("%.2fx", med(t["bf16_over_fp32"])), "target >= 1.8x");
+    }
   }
   if (j.contains("phases")) {
     for (const auto& [k, v] : j["phases"]["shares"].items()) row("share: " + k, Pct(v.get<double>()));
@@ -285,6 +293,12 @@ void PrintTable(const Json& j) {
         "target >= 2x");
     row("transformers tokens/s", absl::StrFormat("%.0f", j["hf"]["hf_tokens_per_s"].get<double>()));
     row("transformers MFU", Pct(med(j["hf"]["hf_mfu"])));
+    if (j["hf"].contains("ours_over_hf_faster")) {
+      row("transformers bf16-autocast tokens/s",
+          absl::StrFormat("%.0f", j["hf"]["hf_autocast_tokens_per_s"].get<double>()));
+      row("ours / transformers' faster side", absl::StrFormat("%.2fx", med(j["hf"]["ours_over_hf_faster"])),
+          "target >= 2x");
+    }
     row("first-step lm loss |ours - hf|",
         absl::StrFormat("%.1e", j["hf"]["first_step_lm_loss_abs_diff"].get<double>()));
   }

@@ -2,11 +2,12 @@
 
 Loads an HF OLMoE directory (written by `convert_hf --to_hf` from our model), a fixed batch of int64 ids
 and targets [B, S] (raw little-endian), and times forward + backward + grad-norm clip + AdamW steps in
-fp32 with the given intra-op threads. The loss is the token-mean cross-entropy against OUR targets (so both
+fp32 with the given intra-op threads (with --autocast: forward and loss under torch.autocast("cpu", bfloat16),
+transformers' mixed-precision path on the CPU; weights, gradients and AdamW stay fp32). The loss is the token-mean cross-entropy against OUR targets (so both
 sides score the same pairs) plus router_aux_loss_coef * HF's load-balancing loss, as HF trains OLMoE.
 AdamW is torch.optim.AdamW(fused=True), the fastest CPU AdamW torch has, with our hyper-parameters.
 
-  hf_bench.py --hf_dir=D --inputs=F --targets=F --batch=B --seq=S --threads=N [--steps=K | --serve]
+  hf_bench.py --hf_dir=D --inputs=F --targets=F --batch=B --seq=S --threads=N [--autocast] [--steps=K | --serve]
 
 --steps=K prints one JSON object: {"seconds": [...], "lm_loss": [...], "tokens_per_s": median}.
 --serve prints `ready {json}` and then answers each stdin line `step N` with one JSON line (the parent,
@@ -52,13 +53,15 @@ class Stepper:
         self.clip = args.grad_clip
         self.vocab = self.model.config.vocab_size
         self.aux_coef = self.model.config.router_aux_loss_coef
+        self.autocast = args.autocast
 
     def step(self):
         start = time.perf_counter()
         self.opt.zero_grad(set_to_none=True)
-        out = self.model(input_ids=self.inputs, output_router_logits=True, use_cache=False)
-        lm_loss = F.cross_entropy(out.logits.reshape(-1, self.vocab).float(), self.targets.reshape(-1))
-        loss = lm_loss + self.aux_coef * out.aux_loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+            out = self.model(input_ids=self.inputs, output_router_logits=True, use_cache=False)
+            lm_loss = F.cross_entropy(out.logits.reshape(-1, self.vocab).float(), self.targets.reshape(-1))
+            loss = lm_loss + self.aux_coef * out.aux_loss
         loss.backward()
         if self.clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.clip)
@@ -90,10 +93,12 @@ def main():
     p.add_argument("--grad_clip", type=float, default=1.0)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--serve", action="store_true")
+    p.add_argument("--autocast", action="store_true", help="bf16 autocast for forward and loss")
     args = p.parse_args()
     stepper = Stepper(args)
     info = {"torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads(),
-            "attn_implementation": stepper.model.config._attn_implementation, "optimizer": "AdamW(fused=True)"}
+            "attn_implementation": stepper.model.config._attn_implementation, "optimizer": "AdamW(fused=True)",
+            "autocast_bf16": args.autocast}
     if not args.serve:
         result = stepper.steps(args.steps)
         result["tokens_per_s"] = args.batch * args.seq / statistics.median(result["seconds"])

@@ -70,6 +70,33 @@ for k in ["mfu_at_least_0.5", "moe_at_most_1.3x_dense", "at_least_2x_transformer
 print("1-rank report ok:", {k: round(v, 3) for k, v in shares.items()})
 PY
 
+# BF16: the same run in FP32 alternated with it, the bf16 matmul peak, transformers in fp32 and bf16 autocast.
+"$BENCH" --config="$CONFIG" --override="$TINY" --override='train { precision: BF16 }' --random_tokens --rounds=2 \
+  --threads=1 --sections=train,hf --hf=on --hf_script="$HF_SCRIPT" --convert_hf="$CONVERT" --hf_python="$PY" \
+  >"$T/bf16.out" 2>"$T/bf16.err" || { cat "$T/bf16.err"; fail "BF16 bench failed"; }
+"$PY" - "$T/bf16.out" "$T/bf16.err" <<'PY'
+import json, math, sys
+r = json.load(open(sys.argv[1]))
+if "bf16_over_fp32" not in r["train"]:
+    if "training in FP32" not in open(sys.argv[2]).read():
+        sys.exit("FAIL: BF16 bench without the FP32 comparison and without a fallback message")
+    print("BF16 report: this CPU has no bf16 matrix units (fallback reported)")
+    sys.exit(0)
+for sec, key in [("train", "bf16_over_fp32"), ("train", "mfu_bf16_peak"), ("train", "matmul_peak_flops_bf16"),
+                 ("hf", "ours_over_hf_faster"), ("hf", "ours_over_hf_autocast")]:
+    v = r[sec].get(key, {}).get("median")
+    if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+        sys.exit(f"FAIL: {sec}.{key}.median = {v!r}")
+if not r["hf"]["hf_autocast_tokens_per_s"] > 0 or r["hf"]["hf_side"].get("autocast_bf16") is not False:
+    sys.exit(f"FAIL: transformers sides: {r['hf']}")
+faster = r["hf"]["ours_over_hf_faster"]["median"]
+if faster > max(r["hf"]["ours_over_hf"]["max"], r["hf"]["ours_over_hf_autocast"]["max"]) + 1e-9:
+    sys.exit("FAIL: ours over the faster transformers side exceeds ours over either side")
+if "bf16_at_least_1.8x_fp32" not in r["targets"]:
+    sys.exit("FAIL: targets.bf16_at_least_1.8x_fp32 missing")
+print("BF16 report ok: bf16/fp32 %.2f, ours/faster transformers %.2f" % (r["train"]["bf16_over_fp32"]["median"], faster))
+PY
+
 # Two ranks: expert parallelism over the ranks, scaling and all-to-all sections.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export TMPDIR="$T" OMPI_MCA_btl_vader_backing_directory="$T"
