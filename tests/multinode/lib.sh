@@ -8,6 +8,11 @@ T="${TEST_TMPDIR:-$(mktemp -d)}"
 export TMPDIR="$T" OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 unset TEST_PREMATURE_EXIT_FILE
 H=""  # the hosts' directory once they are up
+# mpirun notices a lost daemon only through TCP keepalive on its control connections (default: 300 s idle, then
+# 9 probes 20 s apart, 8 minutes in all); until then a job whose host was cut off stays in its abort (measured:
+# with the keepalive starting after the ranks' own abort, mpirun was still there minutes later). Here 5 s + 3 x
+# 2 s, as the README recommends (keepalive time + probes x interval about parallel.timeout_s).
+export OMPI_MCA_oob_tcp_keepalive_time=5 OMPI_MCA_oob_tcp_keepalive_intvl=2 OMPI_MCA_oob_tcp_keepalive_probes=3
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
 show() { echo "--- $1:" >&2; tail -n "${2:-40}" "$1" >&2; echo "---" >&2; }
