@@ -6,23 +6,20 @@
 #     micro-batch LB scope instead, the same two layouts differ (so the global scope is what makes them agree).
 #  2. top-k-then-softmax with the sequence-wise LB loss: EP=2 reproduces 1 rank.
 #  3. resume with the bias state: 20 straight == 10 + --resume + 10, every logged value bit for bit.
-#  4. the trained model: `eval` loads it (bias included); `convert_hf --to_hf` refuses it with one line naming
-#     the first feature Hugging Face OLMoE cannot hold.
-#   routing_mpi_test.sh <train> <eval> <convert_hf> <tiny.textproto> <losses.py>
+#  4. the trained model: `eval` loads it (bias included); `convert_hf --to_hf` refuses, in one line naming it,
+#     each feature Hugging Face OLMoE cannot hold (and exports the same QK_NORM model without it).
+#   routing_mpi_test.sh <train> <eval> <convert_hf> <tiny.textproto> <tests/tools dir with losses.py, make_tokens.py>
 set -uo pipefail
-TRAIN="$1" EVAL="$2" CONVERT="$3" CONFIG="$4" LOSSES="$5"
+TRAIN="$1" EVAL="$2" CONVERT="$3" CONFIG="$4" LOSSES="$(dirname "$5")/losses.py" MAKE_TOKENS="$(dirname "$5")/make_tokens.py"
 T="${TEST_TMPDIR:-$(mktemp -d)}"
 export TMPDIR="$T" OMPI_MCA_btl_vader_backing_directory="$T"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 unset TEST_PREMATURE_EXIT_FILE XML_OUTPUT_FILE
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
-python3 - "$T" <<'PY'
-import struct, sys
-text = open("/usr/share/common-licenses/GPL-3", "rb").read()
-open(sys.argv[1] + "/train.bin", "wb").write(struct.pack("<%dH" % len(text), *text))
-open(sys.argv[1] + "/val.bin", "wb").write(struct.pack("<%dH" % 3000, *text[-3000:]))
-PY
+GPL=/usr/share/common-licenses/GPL-3
+python3 "$MAKE_TOKENS" slice "$GPL" "$T/train.bin" && python3 "$MAKE_TOKENS" slice "$GPL" "$T/val.bin" -3000 \
+  || fail "make_tokens"
 BASE="data { train { path: \"$T/train.bin\" } validation: \"$T/val.bin\" seq_len: 32 }
 model { d_model: 32 n_layers: 3 n_heads: 2 moe { num_experts: 4 top_k: 2 expert_hidden: 32 } }
 optim { warmup_steps: 3 lr: 1e-2 } parallel { num_threads: 1 timeout_s: 60 }
