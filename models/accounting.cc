@@ -30,10 +30,12 @@ int64_t ActivationBytesPerToken(const ModelConfig& m, const std::vector<BlockAcc
   // The head's peak, in its backward: logits (held by the step's output), the fp32 logits of the loss (BF16),
   // the log-softmax and its gradient (dlogits takes the freed log-softmax's place).
   const int64_t head = 2 * d * c + V * (c + 8 + (bf16 ? 4 : 0));
-  if (!checkpointing) return sum + head;
-  // Backward runs the head first and frees its [T, V] tensors before it recomputes the last block, so the head
-  // and the recomputed block are not alive together; the blocks' inputs are.
-  return static_cast<int64_t>(blocks.size()) * d * c + std::max(head, largest);
+  // Backward runs the head first and frees its [T, V] tensors before it reaches the last block, so the head's
+  // tensors and a block's gradients (as large as the activations the block saved) are not alive together.
+  if (!checkpointing) return sum + std::max(head, largest);
+  // With checkpointing the block being recomputed holds its activations and their gradients; the blocks' inputs
+  // stay alive throughout.
+  return static_cast<int64_t>(blocks.size()) * d * c + std::max(head, 2 * largest);
 }
 
 // All-to-all staging bytes per token (send + receive of one exchange), zero without expert parallelism.
@@ -123,7 +125,7 @@ std::vector<BlockAccount> AccountBlocks(const ModelConfig& model) {
       p.normformer.active += k * hidden_norm;
       p.expert_sharded = E * (expert + hidden_norm);
       act += d + k * (2 * d + 4 * f) + (layout.ffn_hidden_norm ? k * f : 0);
-      act_fp32 += 2 * E;  // router logits and probabilities
+      act_fp32 += 2 * E;                                     // router logits and probabilities
       if (const int64_t fs = o.moe.shared_hidden; fs > 0) {  // the shared expert: a dense SwiGLU (+ its gate)
         p.dense_ffn = Dense(3 * d * fs + (o.moe.shared_gate ? d : 0));
         if (layout.ffn_hidden_norm) {

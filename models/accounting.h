@@ -28,12 +28,13 @@
 //   gradients: fp32 4*P_rank (BF16: the copies' bf16 gradients are folded into fp32 group by group after
 //     backward, never more than 4*P_rank together);  optimizer: AdamW exp_avg + exp_avg_sq 8*P_rank;
 //   activations (balanced routing: each rank's experts see T*k slots; T = micro-batch x seq_len tokens):
-//     T * (sum over blocks of the bytes a block saves for backward + head), or with activation checkpointing
-//     T * (L * d * c (each block's input) + max(head, the largest block's bytes)): backward runs the head
-//     first and frees its [T, V] tensors before it recomputes a block; head = 2d*c (final norm in/out) +
+//     T * (sum over blocks of the bytes a block saves for backward + max(head, largest block)), or with
+//     activation checkpointing T * (L * d * c (each block's input) + max(head, 2 x the largest block's bytes)):
+//     backward runs the head first and frees its [T, V] tensors before it reaches a block, whose gradients are
+//     as large as what it saved (the recomputed block holds both); head = 2d*c (final norm in/out) +
 //     V*(c + 8) (logits in the compute dtype, the log-softmax and its fp32 gradient; dlogits reuses the freed
-//     log-softmax) + 4V in BF16 (the fp32 logits of the loss); c = 4 (FP32) or 2 (BF16). Calibrated on the
-//     full-width flagship block (docs/flagship.md: peak RSS within 2% at 1024 and 2048 tokens). A block saves, per
+//     log-softmax) + 4V in BF16 (the fp32 logits of the loss); c = 4 (FP32) or 2 (BF16). Checked on the
+//     full-width flagship block (docs/flagship.md: peak RSS within 5%, 1 rank FP32/BF16 and EP=2). A block saves, per
 //     token, c bytes for each of: 7d (attention projection input, q, k, v, roped q, k, output), d per q/k/v norm, d per
 //     block norm, d for a head scale, MoE: d (router input) + k*(2d + 4f) (gathered input, gate, up, silu(gate),
 //     silu*up, expert output) (+ k*f hidden norm); dense: d + 4F (+ F); and 4 bytes for each of: H (softmax
