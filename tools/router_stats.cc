@@ -1,5 +1,6 @@
 // bazel-bin/tools/router_stats RUN_DIR [--layer=N] [--steps=A:B] [--format=table|csv|json|html] [--out=FILE]
-//   [--step=N] [--collapse_share=0.5] [--min_entropy_ratio=0.3] [--imbalance_growth=2.0]
+//   [--step=N] [--collapse_share=0.5] [--min_entropy_ratio=0.3] [--imbalance_growth=2.0] [--ep_overload=1.5]
+//   [--dropped_fraction=0.01]
 // Summarises the router statistics of a run (RUN_DIR/router_stats.pb, proto/router_stats.proto; RUN_DIR may
 // also be the file itself): per MoE layer imbalance, CV, entropy, dead experts, the hottest expert and the
 // trend since the first selected step, plus alerts (dead experts, collapse, imbalance growth, each with the
@@ -200,7 +201,9 @@ std::string FormatJson(const RouterStatsFile& file, const std::vector<RouterStep
   doc["invalid"] = file.invalid;
   doc["thresholds"] = {{"collapse_share", t.collapse_share},
                        {"min_entropy_ratio", t.min_entropy_ratio},
-                       {"imbalance_growth", t.imbalance_growth}};
+                       {"imbalance_growth", t.imbalance_growth},
+                       {"ep_overload", t.ep_overload},
+                       {"dropped_fraction", t.dropped_fraction}};
   doc["num_records"] = records.size();
   doc["layers"] = nlohmann::ordered_json::array();
   for (const auto& [layer, ends] : Ends(records)) {
@@ -258,6 +261,8 @@ int main(int argc, char** argv) {
       {"collapse_share", "alert when one expert gets more than this share of tokens (default 0.5)"},
       {"min_entropy_ratio", "alert when router entropy / ln E falls below this (default 0.3)"},
       {"imbalance_growth", "alert when max/mean load reaches this multiple of its first value (default 2.0)"},
+      {"ep_overload", "alert when the busiest EP rank gets more than this multiple of the mean rows (default 1.5)"},
+      {"dropped_fraction", "alert when more than this share of slots is dropped by capacity (default 0.01)"},
       {"help", "show this help", true},
   };
   auto fail = [](const std::string& message, int code = 1) {
@@ -281,6 +286,8 @@ int main(int argc, char** argv) {
   absl::Status s = ParseDouble(*cl, "collapse_share", &t.collapse_share);
   if (s.ok()) s = ParseDouble(*cl, "min_entropy_ratio", &t.min_entropy_ratio);
   if (s.ok()) s = ParseDouble(*cl, "imbalance_growth", &t.imbalance_growth);
+  if (s.ok()) s = ParseDouble(*cl, "ep_overload", &t.ep_overload);
+  if (s.ok()) s = ParseDouble(*cl, "dropped_fraction", &t.dropped_fraction);
   if (s.ok() && cl->Has("steps")) s = ParseSteps(cl->Get("steps"), &sel);
   auto layer = cl->GetInt("layer", -1);
   auto heat_step = cl->GetInt("step", -1);

@@ -8,9 +8,13 @@
 #  3. resume with the bias state: 20 straight == 10 + --resume + 10, every logged value bit for bit.
 #  4. the trained model: `eval` loads it (bias included); `convert_hf --to_hf` refuses, in one line naming it,
 #     each feature Hugging Face OLMoE cannot hold (and exports the same QK_NORM model without it).
-#   routing_mpi_test.sh <train> <eval> <convert_hf> <tiny.textproto> <tests/tools dir with losses.py, make_tokens.py>
+#  5. live telemetry: with router_logit_bias sending every token to EP rank 0's experts, metrics.jsonl and
+#     router_stats report an EP overload of 2 and router_stats alerts on it.
+#   routing_mpi_test.sh <train> <eval> <convert_hf> <router_stats> <tiny.textproto> <tests/tools/losses.py>
+#   (make_tokens.py is found beside losses.py)
 set -uo pipefail
-TRAIN="$1" EVAL="$2" CONVERT="$3" CONFIG="$4" LOSSES="$(dirname "$5")/losses.py" MAKE_TOKENS="$(dirname "$5")/make_tokens.py"
+TRAIN="$1" EVAL="$2" CONVERT="$3" ROUTER_STATS="$4" CONFIG="$5"
+LOSSES="$6" MAKE_TOKENS="$(dirname "$6")/make_tokens.py"
 T="${TEST_TMPDIR:-$(mktemp -d)}"
 export TMPDIR="$T" OMPI_MCA_btl_vader_backing_directory="$T"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -100,4 +104,17 @@ done
 run x_plain 1 1 8 2 --override="model { norm { strategy: QK_NORM } } train { steps: 1 }"
 "$CONVERT" --from="$T/x_plain/checkpoints/step_00000001" --to_hf="$T/hf_plain" >"$T/export.log" 2>&1 \
   || { cat "$T/export.log"; fail "the plain QK_NORM model does not export"; }
+
+run overload 2 2 4 2 --override="model { moe { router_logit_bias: [4, 4, 0, 0] } } train { steps: 3 }"
+python3 - "$T/overload/metrics.jsonl" <<'PY' || fail "EP overload telemetry"
+import json, sys
+r = [json.loads(l) for l in open(sys.argv[1]) if '"kind": "train"' in l][-1]
+assert abs(r["router/layer0/ep_overload"] - 2.0) < 1e-9 and r["router/ep_overload"] == r["router/layer0/ep_overload"], r
+PY
+"$ROUTER_STATS" "$T/overload" >"$T/overload.txt" 2>&1 || { cat "$T/overload.txt"; fail "router_stats"; }
+grep -qE "ep_overload +since step 1 +EP rank 0 receives 2.00x the mean rows" "$T/overload.txt" \
+  || { cat "$T/overload.txt"; fail "no ep_overload alert"; }
+"$ROUTER_STATS" "$T/overload" --ep_overload=2 >"$T/overload2.txt" 2>&1 || fail "router_stats --ep_overload=2"
+grep -q "ep_overload  " "$T/overload2.txt" && { cat "$T/overload2.txt"; fail "alert at the threshold itself"; }
+echo "ok: EP overload 2.00 in metrics.jsonl and router_stats, alerted: $(grep -m1 -o 'EP rank 0 receives.*' "$T/overload.txt")"
 echo PASS
