@@ -3,8 +3,9 @@
 config.json (model_type "olmoe"), model-0000N-of-0000M.safetensors shards in bf16 and
 model.safetensors.index.json (metadata.total_size, weight_map), with OlmoeForCausalLM's tensor names. Each
 shard's header is written first and then its tensors one at a time, so the flagship (6.9B parameters, 13.8 GB)
-is written with one tensor in memory. Values: N(0, 0.02^2) rounded to bf16 (norm weights 1 + N(0, 0.02^2)),
-from numpy's generator seeded per tensor, so a tensor's bytes depend on --seed and its name only.
+is written at disk speed with 64 MiB of values in memory. Values: N(0, 0.02^2) truncated to bf16 (norm weights
+1 + N(0, 0.02^2)), read cyclically from a pool of 2^24 values drawn from --seed, starting at an offset given by
+the tensor's name (so tensors differ, and a tensor's bytes depend on --seed and its name only).
 
   make_hf_checkpoint.py --out DIR [--preset flagship|tiny] [--shards M] [--seed S] [--layers L]
 """
@@ -42,12 +43,26 @@ def tensors(p):
     return out
 
 
-def values_bf16(name, shape, is_norm, seed):
-    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-    x = rng.standard_normal(size=shape, dtype=np.float32) * np.float32(0.02)
-    if is_norm:
-        x += np.float32(1.0)
-    return (x.view(np.uint32) >> 16).astype(np.uint16)  # bf16: the top half of the fp32 bits
+POOL = 1 << 24  # bf16 values per pool
+
+
+def pools(seed):
+    """Two pools of random bf16 bits: N(0, 0.02^2) for weights and 1 + N(0, 0.02^2) for norm weights."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(size=POOL, dtype=np.float32) * np.float32(0.02)
+    to_bf16 = lambda v: (v.view(np.uint32) >> 16).astype(np.uint16)  # the top half of the fp32 bits
+    return to_bf16(x), to_bf16(x + np.float32(1.0))
+
+
+def write_values(fh, name, shape, pool):
+    """Writes prod(shape) bf16 values: the pool read cyclically from an offset that depends on the name."""
+    n = int(np.prod(shape))
+    at = zlib.crc32(name.encode()) % POOL
+    while n > 0:
+        k = min(n, POOL - at)
+        fh.write(memoryview(pool[at:at + k]))
+        n -= k
+        at = 0
 
 
 def main():
@@ -76,6 +91,7 @@ def main():
     with open(os.path.join(a.out, "config.json"), "w") as fh:
         json.dump(config, fh, indent=2)
 
+    weight_pool, norm_pool = pools(a.seed)
     items = tensors(p)
     sizes = [2 * int(np.prod(s)) for _, s, _ in items]
     total = sum(sizes)
@@ -104,7 +120,7 @@ def main():
             fh.write(struct.pack("<Q", len(text)))
             fh.write(text)
             for name, shape, is_norm in shard:
-                fh.write(values_bf16(name, shape, is_norm, a.seed).tobytes())
+                write_values(fh, name, shape, norm_pool if is_norm else weight_pool)
     with open(os.path.join(a.out, "model.safetensors.index.json"), "w") as fh:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, fh, indent=2)
     print(json.dumps({"shards": len(shards), "tensors": len(items), "bytes": total}))
