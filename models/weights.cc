@@ -68,13 +68,13 @@ std::vector<WeightSlot> ModelWeightSlots(Transformer& model) {
       slots.push_back({absl::StrCat(prefix, e.first_expert + i, ".", leaf), item.value()[i]});
     }
   }
-  return slots;
   for (size_t i = 0; i < model->blocks.size(); ++i) {
     const auto& moe = model->blocks[i]->moe;
     if (!moe.is_empty() && moe->selection_bias.defined()) {
       slots.push_back({absl::StrCat("blocks.", i, ".moe.selection_bias"), moe->selection_bias, /*trainable=*/false});
     }
   }
+  return slots;
 }
 
 TensorSource SourceFromReader(const SafetensorsReader& reader) {
