@@ -13,6 +13,7 @@
 #include "models/accounting.h"
 #include "models/transformer.h"
 #include "moe/dispatcher.h"
+#include "tests/models/shard_dispatcher.h"
 
 namespace hybridmoe {
 namespace {
@@ -34,19 +35,6 @@ int64_t ResidentKiB() {
   }
   return -1;
 }
-
-// Owns experts [first, first + n) of every MoE layer, as one expert-parallel rank does.
-class ShardDispatcher : public TokenDispatcher {
- public:
-  ShardDispatcher(int64_t first, int64_t n) : first_(first), n_(n) {}
-  at::Tensor dispatch(const at::Tensor&, const std::vector<int64_t>&, std::vector<int64_t>&) override { return {}; }
-  at::Tensor combine(const at::Tensor& y) override { return y; }
-  int64_t first_local_expert() const override { return first_; }
-  int64_t num_local_experts() const override { return n_; }
-
- private:
-  int64_t first_, n_;
-};
 
 struct Built {
   int64_t total = 0;

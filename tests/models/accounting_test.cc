@@ -16,6 +16,7 @@
 #include "models/accounting.h"
 #include "models/transformer.h"
 #include "moe/dispatcher.h"
+#include "tests/models/shard_dispatcher.h"
 
 namespace hybridmoe {
 namespace {
@@ -89,19 +90,6 @@ Counted CountBuilt(Transformer& model) {
   }
   return c;
 }
-
-// Pretends to own experts [first, first + n) so that the built MoE layers hold one EP rank's shard.
-class ShardDispatcher : public TokenDispatcher {
- public:
-  ShardDispatcher(int64_t first, int64_t n) : first_(first), n_(n) {}
-  at::Tensor dispatch(const at::Tensor&, const std::vector<int64_t>&, std::vector<int64_t>&) override { return {}; }
-  at::Tensor combine(const at::Tensor& y) override { return y; }
-  int64_t first_local_expert() const override { return first_; }
-  int64_t num_local_experts() const override { return n_; }
-
- private:
-  int64_t first_, n_;
-};
 
 void ExpectMatchesBuiltModel(const TrainConfig& config, const std::string& label) {
   SCOPED_TRACE(label);
