@@ -44,6 +44,14 @@ H="$HYBRIDMOE_HOSTS_DIR"
 set_mpirun
 echo "ok: two-node cluster up in $((SECONDS - t0)) s: $(on_host node0 sinfo -h -o '%P %D %T %N' 2>&1)"
 
+# Each slurmd has a private /tmp: what the job reads must not live there (a checkout under /tmp, as in a CI
+# clone, would hide configs/tiny.textproto from the job). The config goes into the test's directory.
+cp "$CONFIG" "$T/config.textproto" || fail "copy the config"
+CONFIG="$T/config.textproto"
+for f in "$T" "$TRAIN"; do
+  [[ "$f" != /tmp/* ]] || fail "$f is under /tmp, which the simulated hosts' slurmd replace with a private one"
+done
+
 # One override (train.sbatch takes one): lib.sh's tiny model, EP=2 x DP=2, 8 steps.
 RUN="data { train { path: \"$T/train.bin\" } validation: \"\" seq_len: 32 micro_batch_size: 4 grad_accum_steps: 1 }
 model { d_model: 32 n_layers: 2 n_heads: 2 moe { num_experts: 4 top_k: 2 expert_hidden: 32 } }
