@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include "tools/compare_report.h"
+#include "tools/seed_stats.h"
 
 namespace hybridmoe {
 namespace {
