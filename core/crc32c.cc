@@ -129,6 +129,38 @@ uint32_t Crc32cExtend(uint32_t crc, const void* data, size_t n) {
   return Crc32cHardwareAvailable() ? Crc32cExtendHardware(crc, data, n) : Crc32cExtendPortable(crc, data, n);
 }
 
+namespace {
+
+// a * b modulo the polynomial, both reflected (bit 31 is x^0).
+uint32_t MultiplyModPoly(uint32_t a, uint32_t b) {
+  uint32_t product = 0;
+  for (uint32_t bit = 1u << 31; bit != 0; bit >>= 1) {
+    if (a & bit) product ^= b;
+    b = (b & 1u) ? (b >> 1) ^ kPolyReflected : b >> 1;  // b *= x
+  }
+  return product;
+}
+
+// kPowers[k] = x^(2^k) modulo the polynomial.
+std::array<uint32_t, 67> MakePowers() {
+  std::array<uint32_t, 67> p{};  // k up to 3 + 63: every bit of 8 * len_b
+  p[0] = 1u << 30;               // x^1
+  for (size_t k = 1; k < p.size(); ++k) p[k] = MultiplyModPoly(p[k - 1], p[k - 1]);
+  return p;
+}
+
+}  // namespace
+
+uint32_t Crc32cCombine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b) {
+  static const std::array<uint32_t, 67> powers = MakePowers();
+  // x^(8 len_b) = product of x^(2^k) over the bits k of 8 len_b (bit 3 of it is bit 0 of len_b).
+  uint32_t shift = 1u << 31;  // x^0
+  for (size_t k = 3; len_b != 0; len_b >>= 1, ++k) {
+    if (len_b & 1u) shift = MultiplyModPoly(powers[k], shift);
+  }
+  return MultiplyModPoly(shift, crc_a) ^ crc_b;
+}
+
 const char* Crc32cImplementation() { return Crc32cHardwareAvailable() ? "sse4.2" : "slicing-by-8"; }
 
 }  // namespace hybridmoe

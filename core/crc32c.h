@@ -19,6 +19,12 @@ namespace hybridmoe {
 uint32_t Crc32cExtend(uint32_t crc, const void* data, size_t n);
 
 inline uint32_t Crc32c(const void* data, size_t n) { return Crc32cExtend(0, data, n); }
+
+// The CRC-32C of A followed by B, from Crc32c(A), Crc32c(B) and the length of B, without the bytes: crc_a is
+// multiplied by x^(8 len_b) modulo the polynomial (square-and-multiply over a table of x^(2^k), O(log len_b)
+// carry-less products), then crc_b is added. Lets pieces of a file checksummed in any order (the checkpoint
+// loader's reads) be joined into the file's CRC.
+uint32_t Crc32cCombine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);
 inline uint32_t Crc32c(std::string_view bytes) { return Crc32c(bytes.data(), bytes.size()); }
 
 // The two implementations behind Crc32cExtend, for tests and benchmarks. Crc32cExtendHardware may only be

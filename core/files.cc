@@ -9,8 +9,10 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/crc32c.h"
 
 namespace hybridmoe {
 
@@ -103,6 +105,27 @@ absl::Status MakeDirs(const std::string& path) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<FileDigest> DigestFile(const std::string& path) {
+  const int fd = open(path.c_str(), O_RDONLY);
+  if (fd < 0) return absl::NotFoundError(absl::StrCat(path, ": cannot open: ", std::strerror(errno)));
+  FileDigest d;
+  std::vector<unsigned char> buffer(1 << 20);
+  for (;;) {
+    const ssize_t n = read(fd, buffer.data(), buffer.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const std::string why = std::strerror(errno);
+      close(fd);
+      return absl::DataLossError(absl::StrCat(path, ": read failed: ", why));
+    }
+    if (n == 0) break;
+    d.crc32c = Crc32cExtend(d.crc32c, buffer.data(), static_cast<size_t>(n));
+    d.bytes += static_cast<uint64_t>(n);
+  }
+  close(fd);
+  return d;
+}
+
 absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path, const std::string& what) {
   const std::string name = what.empty() ? path : absl::StrCat(what, " ", path);
   const int fd = open(path.c_str(), O_RDONLY);
@@ -137,6 +160,14 @@ MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
     bytes_ = std::exchange(other.bytes_, 0);
   }
   return *this;
+}
+
+void MappedFile::Release(const uint8_t* p, size_t n) const {
+  if (n == 0) return;
+  static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t first = reinterpret_cast<uintptr_t>(p) / page * page;
+  const uintptr_t last = (reinterpret_cast<uintptr_t>(p) + n + page - 1) / page * page;
+  madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
 }
 
 MappedFile::~MappedFile() {

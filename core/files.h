@@ -28,6 +28,14 @@ absl::Status WriteFileAtomically(const std::string& path, const std::function<bo
 absl::Status WriteFileAtomically(const std::string& path, const std::string& contents);
 absl::Status MakeDirs(const std::string& path);  // mkdir -p
 
+// Size and CRC-32C of a whole file: what a checkpoint's MANIFEST.json records for each file.
+struct FileDigest {
+  uint64_t bytes = 0;
+  uint32_t crc32c = 0;
+};
+// Reads the file once, in 1 MiB pieces. NotFound when it cannot be opened.
+absl::StatusOr<FileDigest> DigestFile(const std::string& path);
+
 // A read-only memory map of a whole regular file, unmapped by the destructor (movable, not copyable). The
 // one mmap helper: token files (core/data.cc) and safetensors (core/safetensors.cc) read through it.
 class MappedFile {
@@ -44,6 +52,9 @@ class MappedFile {
 
   const uint8_t* data() const { return static_cast<const uint8_t*>(map_); }
   size_t size() const { return bytes_; }
+  // Drops the whole pages inside or around [p, p + n) (a range of this map) from this process's memory
+  // (madvise DONTNEED; the page cache keeps them, so a later touch costs no disk read).
+  void Release(const uint8_t* p, size_t n) const;
   const std::string& path() const { return path_; }
 
  private:

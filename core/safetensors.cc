@@ -1,7 +1,6 @@
 #include "core/safetensors.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -9,13 +8,12 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/crc32c.h"
 #include "core/files.h"
 #include "core/status.h"
 
@@ -242,11 +240,9 @@ absl::StatusOr<std::unique_ptr<SafetensorsReader>> SafetensorsReader::Open(const
     return r;
   }
 
-  std::ifstream in(file);
-  if (!in) return absl::NotFoundError(absl::StrCat(file, ": cannot open"));
-  std::stringstream text;
-  text << in.rdbuf();
-  ASSIGN_OR_RETURN(const json index, ParseJson(text.str(), file));
+  ASSIGN_OR_RETURN(const std::string index_text, ReadFile(file));
+  r->index_digest_ = {index_text.size(), Crc32c(index_text)};
+  ASSIGN_OR_RETURN(const json index, ParseJson(index_text, file));
   if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(file, ": must be a JSON object with a \"weight_map\" object"));
   }
@@ -303,21 +299,66 @@ const std::string& SafetensorsReader::file_of(const std::string& name) const {
   return it == entries_.end() ? path_ : files_[it->second.file].file.path();
 }
 
+namespace {
+// Reads and checksums go through the map in pieces this size, so a piece copied is still in cache when
+// it is checksummed, and pages are dropped as the pass moves on.
+constexpr uint64_t kPassPiece = uint64_t{1} << 18;
+}  // namespace
+
 absl::StatusOr<at::Tensor> SafetensorsReader::Read(const std::string& name) const {
   const SafetensorsEntry* e = entry(name);
   if (e == nullptr) return absl::NotFoundError(absl::StrCat(path_, ": no tensor named ", name));
   at::Tensor t = at::empty(e->shape, at::TensorOptions().dtype(e->scalar_type));
   if (e->end > e->begin) {
-    const uint8_t* src = files_[e->file].data + e->begin;
-    std::memcpy(t.data_ptr(), src, e->end - e->begin);
-    // Drop the pages just read from this process (whole pages inside or around the tensor; a neighbour's page
-    // read again later comes back from the page cache).
-    static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-    const uintptr_t first = reinterpret_cast<uintptr_t>(src) / page * page;
-    const uintptr_t last = (reinterpret_cast<uintptr_t>(src) + (e->end - e->begin) + page - 1) / page * page;
-    madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+    const Shard& shard = files_[e->file];
+    const uint8_t* src = shard.data + e->begin;
+    const uint64_t n = e->end - e->begin;
+    auto* dst = static_cast<uint8_t*>(t.data_ptr());
+    const bool checksum = track_ && !shard.pieces.count(e->begin);
+    uint32_t crc = 0;
+    for (uint64_t at = 0; at < n; at += kPassPiece) {
+      const uint64_t m = std::min(kPassPiece, n - at);
+      std::memcpy(dst + at, src + at, m);
+      if (checksum) crc = Crc32cExtend(crc, dst + at, m);
+      // Drop the pages just read from this process (a neighbour's page read again later comes back from the
+      // page cache), so reading a checkpoint tensor by tensor keeps resident memory at about one tensor.
+      shard.file.Release(src + at, m);
+    }
+    if (checksum) shard.pieces.emplace(e->begin, std::make_pair(e->end, crc));
   }
   return t;
+}
+
+std::vector<std::string> SafetensorsReader::files() const {
+  std::vector<std::string> out;
+  for (const Shard& shard : files_) out.push_back(shard.file.path());
+  return out;
+}
+
+absl::StatusOr<FileDigest> SafetensorsReader::Digest(const std::string& file) const {
+  if (file == path_ && EndsWith(path_, ".index.json")) return index_digest_;  // read whole by Open
+  for (const Shard& shard : files_) {
+    if (shard.file.path() != file) continue;
+    // The bytes [from, to) of the file that no tracked Read covered, read here from the map.
+    auto through = [&](uint32_t crc, const uint8_t* from, const uint8_t* to) {
+      for (; from < to; from += std::min<uint64_t>(kPassPiece, to - from)) {
+        const uint64_t m = std::min<uint64_t>(kPassPiece, to - from);
+        crc = Crc32cExtend(crc, from, m);
+        shard.file.Release(from, m);
+      }
+      return crc;
+    };
+    uint32_t crc = through(0, shard.file.data(), shard.data);  // length and header
+    uint64_t at = 0;                                           // data-relative
+    for (const auto& [begin, piece] : shard.pieces) {
+      crc = through(crc, shard.data + at, shard.data + begin);
+      crc = Crc32cCombine(crc, piece.second, piece.first - begin);
+      at = piece.first;
+    }
+    crc = through(crc, shard.data + at, shard.data + shard.data_bytes);
+    return FileDigest{static_cast<uint64_t>(shard.file.size()), crc};
+  }
+  return absl::NotFoundError(absl::StrCat(path_, ": the reader holds no file ", file));
 }
 
 absl::StatusOr<std::map<std::string, at::Tensor>> ReadSafetensors(const std::string& path,
@@ -332,18 +373,18 @@ absl::StatusOr<std::map<std::string, at::Tensor>> ReadSafetensors(const std::str
 }
 
 absl::Status WriteSafetensors(const std::string& path, const std::map<std::string, at::Tensor>& tensors,
-                              const std::map<std::string, std::string>& metadata) {
+                              const std::map<std::string, std::string>& metadata, FileDigest* digest) {
   std::vector<StreamedTensor> items;
   for (const auto& [name, t] : tensors) {
     if (!t.defined()) return absl::InvalidArgumentError(absl::StrCat(path, ": tensor ", name, " is undefined"));
     const at::Tensor* value = &t;
     items.push_back({name, t.scalar_type(), t.sizes().vec(), [value] { return *value; }});
   }
-  return WriteSafetensorsStreamed(path, std::move(items), metadata);
+  return WriteSafetensorsStreamed(path, std::move(items), metadata, digest);
 }
 
 absl::Status WriteSafetensorsStreamed(const std::string& path, std::vector<StreamedTensor> tensors,
-                                      const std::map<std::string, std::string>& metadata) {
+                                      const std::map<std::string, std::string>& metadata, FileDigest* digest) {
   struct Item {
     StreamedTensor* tensor;
     const DtypeInfo* dtype;
@@ -382,9 +423,15 @@ absl::Status WriteSafetensorsStreamed(const std::string& path, std::vector<Strea
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');
   absl::Status produced = absl::OkStatus();
+  FileDigest sum;
+  auto put = [&](FILE* f, const void* bytes, uint64_t n) {
+    sum.crc32c = Crc32cExtend(sum.crc32c, bytes, n);
+    sum.bytes += n;
+    return std::fwrite(bytes, 1, n, f) == n;
+  };
   absl::Status written = WriteFileAtomically(path, [&](FILE* f) {
     const uint64_t len = text.size();
-    if (std::fwrite(&len, 8, 1, f) != 1 || std::fwrite(text.data(), 1, text.size(), f) != text.size()) return false;
+    if (!put(f, &len, 8) || !put(f, text.data(), text.size())) return false;
     for (const Item& item : items) {
       absl::StatusOr<at::Tensor> t = item.tensor->produce();
       if (!t.ok()) {
@@ -402,11 +449,13 @@ absl::Status WriteSafetensorsStreamed(const std::string& path, std::vector<Strea
         return false;
       }
       const at::Tensor host = t->detach().to(at::kCPU).contiguous();
-      if (item.bytes > 0 && std::fwrite(host.data_ptr(), 1, item.bytes, f) != item.bytes) return false;
+      if (item.bytes > 0 && !put(f, host.data_ptr(), item.bytes)) return false;
     }
     return true;
   });
-  return produced.ok() ? written : produced;
+  if (!produced.ok()) return produced;
+  if (written.ok() && digest != nullptr) *digest = sum;
+  return written;
 }
 
 absl::Status WriteSafetensorsIndex(const std::string& path, const std::map<std::string, std::string>& weight_map,

@@ -17,6 +17,7 @@
 // cache keeps them), so reading every tensor of a 14 GB checkpoint one at a time keeps the process's resident
 // memory at about one tensor, not the checkpoint. WriteSafetensorsStreamed writes tensors whose bytes are
 // produced one at a time, in file order (header first, from the declared shapes and dtypes).
+// SafetensorsReader can also checksum each file in the same pass that reads it (TrackChecksums, Digest).
 // WriteSafetensors writes keys sorted, data in the order Python's writer uses (by dtype, larger elements
 // first, then by name, so every tensor is naturally aligned and the data section is byte-identical), the header padded
 // with spaces to a multiple of 8 bytes, to a temporary file that is renamed into place: a failed write never damages an
@@ -64,6 +65,16 @@ class SafetensorsReader {
   absl::StatusOr<at::Tensor> Read(const std::string& name) const;
   // The file (shard) holding `name`, for error messages; the opened path when absent.
   const std::string& file_of(const std::string& name) const;
+  // The checkpoint loader's single pass over each file. After TrackChecksums(), every Read also takes the
+  // CRC-32C of the bytes it copies, piece by piece while they are in cache; Digest(file) then checksums what
+  // no Read covered (the header, tensors not read) and joins the pieces in file order (Crc32cCombine). So a
+  // file that is loaded and verified is read from disk once, whatever order its tensors are read in.
+  void TrackChecksums() { track_ = true; }
+  // Size and CRC-32C of `file` (a path as file_of gives it, or the index's path()); NotFound when this reader
+  // does not hold it.
+  absl::StatusOr<FileDigest> Digest(const std::string& file) const;
+  // The files this reader maps (one, or every shard of an index), in the order they were opened.
+  std::vector<std::string> files() const;
   // "__metadata__" of the first file (of the index for a sharded checkpoint: its "metadata" strings).
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   const std::string& path() const { return path_; }
@@ -73,6 +84,8 @@ class SafetensorsReader {
     MappedFile file;
     const uint8_t* data = nullptr;  // first byte of the data section
     uint64_t data_bytes = 0;
+    // Under TrackChecksums: data-relative begin -> (end, CRC-32C) of every tensor Read so far.
+    mutable std::map<uint64_t, std::pair<uint64_t, uint32_t>> pieces;
   };
   SafetensorsReader() = default;
   absl::Status AddFile(const std::string& path, std::map<std::string, SafetensorsEntry>* entries,
@@ -82,15 +95,18 @@ class SafetensorsReader {
   std::vector<Shard> files_;
   std::map<std::string, SafetensorsEntry> entries_;
   std::map<std::string, std::string> metadata_;
+  bool track_ = false;
+  FileDigest index_digest_;  // of the index file, when path_ is one
 };
 
 // Reads every tensor of a file, index or directory (see SafetensorsReader::Open).
 absl::StatusOr<std::map<std::string, at::Tensor>> ReadSafetensors(
     const std::string& path, std::map<std::string, std::string>* metadata = nullptr);
 
-// Writes `tensors` (any device; must have a known dtype) atomically to `path`.
+// Writes `tensors` (any device; must have a known dtype) atomically to `path`. `digest` (optional) receives
+// the size and CRC-32C of the bytes written, taken as they are written (no second read of the file).
 absl::Status WriteSafetensors(const std::string& path, const std::map<std::string, at::Tensor>& tensors,
-                              const std::map<std::string, std::string>& metadata = {});
+                              const std::map<std::string, std::string>& metadata = {}, FileDigest* digest = nullptr);
 
 // A tensor of WriteSafetensorsStreamed: its name, dtype and shape up front, its value produced on demand.
 struct StreamedTensor {
@@ -105,7 +121,8 @@ struct StreamedTensor {
 // one produced tensor at a time. An error from `produce` or a tensor that differs from its declaration is
 // returned (naming the tensor) and leaves no file.
 absl::Status WriteSafetensorsStreamed(const std::string& path, std::vector<StreamedTensor> tensors,
-                                      const std::map<std::string, std::string>& metadata = {});
+                                      const std::map<std::string, std::string>& metadata = {},
+                                      FileDigest* digest = nullptr);
 
 // Writes a Hugging Face shard index (`weight_map`: tensor name -> shard file name, relative to the
 // index's directory) atomically to `path`.

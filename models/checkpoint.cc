@@ -70,25 +70,6 @@ void SyncPath(const std::string& p) {
   }
 }
 
-struct FileDigest {
-  uint64_t bytes = 0;
-  uint32_t crc = 0;
-};
-
-absl::StatusOr<FileDigest> Digest(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": missing"));
-  FileDigest d;
-  std::vector<char> buffer(1 << 20);
-  while (in) {
-    in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
-    const size_t n = static_cast<size_t>(in.gcount());
-    d.crc = Crc32cExtend(d.crc, buffer.data(), n);
-    d.bytes += n;
-  }
-  return d;
-}
-
 // The optimizer moments laid out like ModelWeightSlots: every slot of a parameter maps to the same slice
 // of that parameter's state tensor (found from the slot's storage offset, so the key scheme lives in
 // models/weights.cc alone).
@@ -128,7 +109,8 @@ double DeadlineSeconds(double timeout_s, uint64_t bytes) {
 }
 
 // Runs `work` on this rank while every rank runs its own, and returns when all are done: the same verdict
-// on every rank (OK, or the status code of the lowest failing rank; the root gets that rank's message).
+// on every rank (OK, or the status code of the lowest failing rank, ranks that found damage first; the root
+// gets that rank's message).
 // With several ranks the work runs on a helper thread and the calling thread reports progress through
 // shard.sum every 0.25 s (the only collective; the work itself must not communicate), so that a rank
 // with a lot of I/O does not trip its peers' collective deadline, and gives up when a rank's work outlives
@@ -194,9 +176,15 @@ absl::Status RunOnAllRanks(const CheckpointShard& shard, const std::string& what
     }
     if (busy.empty()) break;
   }
+  // The lowest rank that found damage (DataLoss / NotFound: a damaged checkpoint explains whatever its
+  // readers ran into on other ranks), else the lowest failing rank.
   int failed = -1;
-  for (int r = 0; r < shard.world && failed < 0; ++r) {
-    if (codes[r] >= kFailed) failed = r;
+  for (const bool damage_only : {true, false}) {
+    for (int r = 0; r < shard.world && failed < 0; ++r) {
+      if (codes[r] < kFailed) continue;
+      const auto code = static_cast<absl::StatusCode>(static_cast<int>(codes[r] - kFailed));
+      if (!damage_only || code == absl::StatusCode::kDataLoss || code == absl::StatusCode::kNotFound) failed = r;
+    }
   }
   if (failed < 0) return absl::OkStatus();
   const std::vector<std::string> messages = shard.gather(mine.ok() ? "" : std::string(mine.message()));
@@ -259,34 +247,84 @@ absl::StatusOr<json> ReadManifest(const std::string& dir) {
   return manifest;
 }
 
-absl::Status VerifyFile(const std::string& path, const json& want) {
-  auto d = Digest(path);
-  if (!d.ok()) return absl::DataLossError(absl::StrCat("checkpoint file ", path, " is missing"));
-  const uint64_t bytes = want.is_object() ? want.value("bytes", uint64_t{0}) : 0;
-  const uint32_t crc = want.is_object() ? want.value("crc32c", uint32_t{0}) : 0;
-  if (d->bytes != bytes) {
-    return absl::DataLossError(absl::StrCat("checkpoint file ", path, " has ", d->bytes, " bytes, MANIFEST.json says ",
-                                            bytes, " (truncated or replaced)"));
+// The manifest's entry for a file against the file's size (before anything is read) and, once known, its
+// digest. DataLoss names the file.
+absl::Status CheckSize(const std::string& path, const json& want) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    return absl::DataLossError(absl::StrCat("checkpoint file ", path, " is missing"));
   }
-  if (d->crc != crc) {
-    return absl::DataLossError(
-        absl::StrFormat("checkpoint file %s: CRC-32C %08x does not match MANIFEST.json (%08x); the file is corrupted",
-                        path, d->crc, crc));
+  const uint64_t bytes = want.is_object() ? want.value("bytes", uint64_t{0}) : 0;
+  if (static_cast<uint64_t>(st.st_size) != bytes) {
+    return absl::DataLossError(absl::StrCat("checkpoint file ", path, " has ", st.st_size,
+                                            " bytes, MANIFEST.json says ", bytes, " (truncated or replaced)"));
   }
   return absl::OkStatus();
 }
 
-absl::Status LoadSlots(const std::string& path, std::vector<WeightSlot> slots) {
-  ASSIGN_OR_RETURN(auto reader, SafetensorsReader::Open(path));
+absl::Status CheckDigest(const std::string& path, const json& want, const FileDigest& d) {
+  const uint64_t bytes = want.is_object() ? want.value("bytes", uint64_t{0}) : 0;
+  const uint32_t crc = want.is_object() ? want.value("crc32c", uint32_t{0}) : 0;
+  if (d.bytes != bytes) {
+    return absl::DataLossError(absl::StrCat("checkpoint file ", path, " has ", d.bytes, " bytes, MANIFEST.json says ",
+                                            bytes, " (truncated or replaced)"));
+  }
+  if (d.crc32c != crc) {
+    return absl::DataLossError(
+        absl::StrFormat("checkpoint file %s: CRC-32C %08x does not match MANIFEST.json (%08x); the file is corrupted",
+                        path, d.crc32c, crc));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status VerifyFile(const std::string& path, const json& want) {
+  RETURN_IF_ERROR(CheckSize(path, want));
+  absl::StatusOr<FileDigest> d = DigestFile(path);
+  if (!d.ok()) return absl::DataLossError(absl::StrCat("checkpoint file ", path, " is missing"));
+  return CheckDigest(path, want, *d);
+}
+
+// The files of `manifest` this rank checksums (see checkpoint.h "Verifying"), with their manifest entries.
+std::vector<std::pair<std::string, json>> FilesThisRankVerifies(const json& manifest, const CheckpointShard& shard) {
+  std::vector<std::pair<std::string, json>> mine;
+  int position = 0;  // among the .safetensors files, for the round-robin assignment
+  for (const auto& [name, want] : manifest["files"].items()) {
+    std::string stem;
+    int index = 0, count = 0;
+    bool verifies = shard.root;
+    if (ParseShardName(name, &stem, &index, &count)) {
+      if (count == shard.count) {
+        // The replicas of the shard read it whole: the model file on the first, the optimizer file on the
+        // second (when there is one).
+        verifies = shard.index == index && shard.replica == (stem == "optimizer" ? 1 : 0) % shard.replicas;
+      } else {
+        verifies = position % shard.world == shard.rank;
+      }
+      ++position;
+    }
+    if (verifies) mine.emplace_back(name, want);
+  }
+  return mine;
+}
+
+uint64_t ManifestBytes(const std::vector<std::pair<std::string, json>>& files) {
+  uint64_t bytes = 0;
+  for (const auto& [name, want] : files) {
+    if (want.is_object()) bytes += want.value("bytes", uint64_t{0});
+  }
+  return bytes;
+}
+
+absl::Status LoadSlots(const SafetensorsReader& reader, std::vector<WeightSlot> slots) {
   for (WeightSlot& s : slots) {
-    const SafetensorsEntry* e = reader->entry(s.key);
-    if (e == nullptr) return absl::NotFoundError(absl::StrCat(reader->path(), ": missing tensor ", s.key));
+    const SafetensorsEntry* e = reader.entry(s.key);
+    if (e == nullptr) return absl::NotFoundError(absl::StrCat(reader.path(), ": missing tensor ", s.key));
     if (at::IntArrayRef(e->shape) != s.value.sizes()) {
-      return absl::InvalidArgumentError(absl::StrCat(reader->file_of(s.key), ": tensor ", s.key, " has shape [",
+      return absl::InvalidArgumentError(absl::StrCat(reader.file_of(s.key), ": tensor ", s.key, " has shape [",
                                                      absl::StrJoin(e->shape, ","), "], expected [",
                                                      absl::StrJoin(s.value.sizes(), ","), "]"));
     }
-    ASSIGN_OR_RETURN(at::Tensor t, reader->Read(s.key));
+    ASSIGN_OR_RETURN(at::Tensor t, reader.Read(s.key));
     at::NoGradGuard no_grad;
     s.value.copy_(t);
   }
@@ -313,7 +351,7 @@ absl::Status SaveCheckpoint(const std::string& run_dir, Transformer& model, cons
     return MakeDirs(tmp);
   }));
 
-  // 2. Each writer writes its shard files and checksums them (re-reading its own files only).
+  // 2. Each writer writes its shard files, checksumming the bytes as it writes them.
   json mine = {{"files", json::object()}, {"tensors", json::object()}};
   std::vector<std::pair<std::string, std::map<std::string, at::Tensor>>> files;
   uint64_t bytes = 0;
@@ -325,7 +363,7 @@ absl::Status SaveCheckpoint(const std::string& run_dir, Transformer& model, cons
       for (const auto& [key, t] : file.second) bytes += static_cast<uint64_t>(t.nbytes());
     }
   }
-  RETURN_IF_ERROR(RunOnAllRanks(shard, "writing the shards of " + tmp, 2 * bytes, [&]() -> absl::Status {
+  RETURN_IF_ERROR(RunOnAllRanks(shard, "writing the shards of " + tmp, bytes, [&]() -> absl::Status {
     if (const char* pause = std::getenv("HYBRIDMOE_FAULT_PAUSE_IN_SHARD_WRITE_S");
         pause && shard.rank == shard.world - 1) {
       // Fault injection for tests: the last rank's shard write is slow (the checkpoint deadline).
@@ -333,10 +371,10 @@ absl::Status SaveCheckpoint(const std::string& run_dir, Transformer& model, cons
     }
     for (const auto& [name, tensors] : files) {
       const std::string path = tmp + "/" + name;
-      RETURN_IF_ERROR(WriteSafetensors(path, tensors));
+      FileDigest d;
+      RETURN_IF_ERROR(WriteSafetensors(path, tensors, {}, &d));
       SyncPath(path);
-      ASSIGN_OR_RETURN(const FileDigest d, Digest(path));
-      mine["files"][name] = {{"bytes", d.bytes}, {"crc32c", d.crc}};
+      mine["files"][name] = {{"bytes", d.bytes}, {"crc32c", d.crc32c}};
       json names = json::array();
       for (const auto& [key, t] : tensors) names.push_back(key);
       mine["tensors"][name] = std::move(names);
@@ -387,8 +425,8 @@ absl::Status SaveCheckpoint(const std::string& run_dir, Transformer& model, cons
     RETURN_IF_ERROR(WriteFileAtomically(tmp + "/" + kState, st.dump(2) + "\n"));
     RETURN_IF_ERROR(WriteFileAtomically(tmp + "/config.textproto", ConfigToText(config)));
     for (const std::string& n : shared) {
-      ASSIGN_OR_RETURN(const FileDigest d, Digest(tmp + "/" + n));
-      manifest["files"][n] = {{"bytes", d.bytes}, {"crc32c", d.crc}};
+      ASSIGN_OR_RETURN(const FileDigest d, DigestFile(tmp + "/" + n));
+      manifest["files"][n] = {{"bytes", d.bytes}, {"crc32c", d.crc32c}};
     }
     RETURN_IF_ERROR(WriteFileAtomically(tmp + "/" + kManifest, manifest.dump(2) + "\n"));
     SyncPath(tmp);
@@ -442,63 +480,65 @@ absl::Status VerifyCheckpoint(const std::string& dir, const CheckpointShard& sha
   // Every rank reads the (small) manifest; each file is checksummed by one rank.
   absl::StatusOr<json> manifest = ReadManifest(dir);
   std::vector<std::pair<std::string, json>> mine;
-  uint64_t bytes = 0;
-  if (manifest.ok()) {
-    int position = 0;  // among the .safetensors files, for the round-robin assignment
-    for (const auto& [name, want] : (*manifest)["files"].items()) {
-      std::string stem;
-      int index = 0, count = 0;
-      bool verifies = shard.root;
-      if (ParseShardName(name, &stem, &index, &count)) {
-        if (count == shard.count) {
-          // The replicas of the shard read it whole: the model file on the first, the optimizer file on the
-          // second (when there is one).
-          verifies = shard.index == index && shard.replica == (stem == "optimizer" ? 1 : 0) % shard.replicas;
-        } else {
-          verifies = position % shard.world == shard.rank;
-        }
-        ++position;
-      }
-      if (!verifies) continue;
-      mine.emplace_back(name, want);
-      if (want.is_object()) bytes += want.value("bytes", uint64_t{0});
-    }
-  }
-  return RunOnAllRanks(shard, "verifying " + dir, bytes, [&]() -> absl::Status {
+  if (manifest.ok()) mine = FilesThisRankVerifies(*manifest, shard);
+  return RunOnAllRanks(shard, "verifying " + dir, ManifestBytes(mine), [&]() -> absl::Status {
     RETURN_IF_ERROR(manifest.status());
     for (const auto& [name, want] : mine) RETURN_IF_ERROR(VerifyFile(dir + "/" + name, want));
     return absl::OkStatus();
   });
 }
 
-absl::StatusOr<TrainerState> LoadVerifiedCheckpoint(const std::string& dir, Transformer& model, AdamW& optimizer,
-                                                    const CheckpointShard& shard) {
-  uint64_t bytes = 0;  // what this rank reads: its weights and their two moments
+absl::StatusOr<TrainerState> LoadCheckpoint(const std::string& dir, Transformer& model, AdamW& optimizer,
+                                            const CheckpointShard& shard) {
+  absl::StatusOr<json> manifest = ReadManifest(dir);
+  std::vector<std::pair<std::string, json>> mine;
+  if (manifest.ok()) mine = FilesThisRankVerifies(*manifest, shard);
+  uint64_t bytes = ManifestBytes(mine);  // what this rank reads: its weights, their two moments, its checks
   for (const WeightSlot& w : ModelWeightSlots(model)) bytes += 3 * static_cast<uint64_t>(w.value.nbytes());
   TrainerState state;
   RETURN_IF_ERROR(RunOnAllRanks(shard, "loading " + dir, bytes, [&]() -> absl::Status {
-    ASSIGN_OR_RETURN(const std::string text, ReadFile(dir + "/" + kState));
-    const json st = json::parse(text, nullptr, /*allow_exceptions=*/false);
-    if (!st.is_object()) return absl::DataLossError(absl::StrCat(dir, "/", kState, ": not a JSON object"));
-    RETURN_IF_ERROR(LoadModelWeights(model, dir));
-    const std::string single = dir + "/optimizer.safetensors";
-    RETURN_IF_ERROR(LoadSlots(IsFile(single) ? single : dir + "/optimizer.safetensors.index.json",
-                              OptimizerSlots(model, optimizer)));
-    state.step = st.value("step", int64_t{0});
-    state.optimizer_steps = st.value("optimizer_steps", int64_t{0});
-    state.skipped_steps = st.value("skipped_steps", int64_t{0});
-    state.consecutive_bad_steps = st.value("consecutive_bad_steps", int64_t{0});
-    state.seed = st.value("seed", uint64_t{0});
-    return absl::OkStatus();
+    RETURN_IF_ERROR(manifest.status());
+    // Sizes first: a missing or truncated file is reported before anything is read.
+    for (const auto& [name, want] : mine) RETURN_IF_ERROR(CheckSize(dir + "/" + name, want));
+    // The load, with every file it maps checksummed in the same pass (SafetensorsReader::TrackChecksums).
+    std::vector<std::unique_ptr<SafetensorsReader>> readers;
+    std::map<std::string, FileDigest> read;  // small files read whole here: their digests
+    absl::Status loaded = [&]() -> absl::Status {
+      ASSIGN_OR_RETURN(const std::string text, ReadFile(dir + "/" + kState));
+      read[dir + "/" + kState] = {text.size(), Crc32c(text)};
+      const json st = json::parse(text, nullptr, /*allow_exceptions=*/false);
+      if (!st.is_object()) return absl::DataLossError(absl::StrCat(dir, "/", kState, ": not a JSON object"));
+      const std::string single = dir + "/optimizer.safetensors";
+      for (const std::string& path : {dir, IsFile(single) ? single : dir + "/optimizer.safetensors.index.json"}) {
+        ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsReader> reader, SafetensorsReader::Open(path));
+        reader->TrackChecksums();
+        readers.push_back(std::move(reader));
+      }
+      RETURN_IF_ERROR(LoadModelWeightsFrom(model, SourceFromReader(*readers[0])));
+      RETURN_IF_ERROR(LoadSlots(*readers[1], OptimizerSlots(model, optimizer)));
+      state.step = st.value("step", int64_t{0});
+      state.optimizer_steps = st.value("optimizer_steps", int64_t{0});
+      state.skipped_steps = st.value("skipped_steps", int64_t{0});
+      state.consecutive_bad_steps = st.value("consecutive_bad_steps", int64_t{0});
+      state.seed = st.value("seed", uint64_t{0});
+      return absl::OkStatus();
+    }();
+    // This rank's checksums: a file a reader mapped from the pieces the load read (plus what it did not
+    // read), any other file read whole. After a failed load they say whether damage explains the failure.
+    for (const auto& [name, want] : mine) {
+      const std::string path = dir + "/" + name;
+      absl::StatusOr<FileDigest> d = absl::NotFoundError("");
+      if (read.count(path)) d = read.at(path);
+      for (const auto& reader : readers) {
+        if (d.ok()) break;
+        d = reader->Digest(path);
+      }
+      RETURN_IF_ERROR(d.ok() ? CheckDigest(path, want, *d) : VerifyFile(path, want));
+    }
+    return loaded;
   }));
   optimizer.set_steps_taken(state.optimizer_steps);
   return state;
-}
-
-absl::StatusOr<TrainerState> LoadCheckpoint(const std::string& dir, Transformer& model, AdamW& optimizer,
-                                            const CheckpointShard& shard) {
-  RETURN_IF_ERROR(VerifyCheckpoint(dir, shard));
-  return LoadVerifiedCheckpoint(dir, model, optimizer, shard);
 }
 
 }  // namespace hybridmoe

@@ -11,8 +11,8 @@
 //   MANIFEST.json              byte size and CRC-32C of every other file; written last
 // A checkpoint is written into checkpoints/.tmp-step_<N>/ and renamed into place only when complete, so
 // a process killed at any moment leaves the previous checkpoints intact; directories without a valid
-// MANIFEST.json are never loaded. Loading verifies sizes and checksums before reading any tensor, and a
-// mismatch is an error naming the file (a corrupted checkpoint never starts a run from garbage).
+// MANIFEST.json are never loaded. Loading checks sizes before reading any tensor and checksums as it reads,
+// and a mismatch is an error naming the file (a corrupted checkpoint never starts a run from garbage).
 //
 // Several processes (mpirun/srun): the work is spread so that no rank reads what another rank wrote or
 // verifies what another rank verifies.
@@ -24,7 +24,8 @@
 //   go to different data-parallel replicas when there are several), other files by the root; a checkpoint
 //   written at another degree spreads its shard files round-robin over all ranks. The verdicts
 //   are combined by one small all-reduce, so every rank reaches the same answer.
-//   Loading: each rank reads only the tensors it holds (memory-mapped), after the verification pass.
+//   Loading: each rank reads only the tensors it holds (memory-mapped), once: the files it verifies are
+//   checksummed in the same pass that loads them (bytes it does not load are read for the checksum only).
 // Checkpoint deadline: a rank busy with checkpoint I/O keeps answering a small all-reduce every 0.25 s while
 // the others wait, so a dead rank is still noticed within parallel.timeout_s, while the I/O itself may take
 //   parallel.timeout_s + (bytes this rank reads and writes in that phase) / 10 MB/s
@@ -92,17 +93,18 @@ absl::StatusOr<std::string> FindLatestCheckpoint(const std::string& run_dir);
 // out of the step_* namespace: never loaded or pruned again. Returns the new path.
 absl::StatusOr<std::string> SetAsideCheckpoint(const std::string& dir);
 
-// Checks MANIFEST.json against the files (existence, size, CRC-32C), each file on one rank (see above).
+// Checks MANIFEST.json against the files (existence, size, CRC-32C), each file on one rank (see above),
+// without loading anything (LoadCheckpoint verifies as it loads; this is for tools that only check).
 // OK on every rank, or on every rank an error with the status code of the first problem; the root's
 // message names the file (DataLoss / NotFound: the checkpoint is damaged).
 absl::Status VerifyCheckpoint(const std::string& dir, const CheckpointShard& shard = {});
 
-// Loads weights and optimizer state into the (already sharded) model and optimizer from a checkpoint that
-// VerifyCheckpoint accepted. On error the model and optimizer hold a mix of old and new values.
-absl::StatusOr<TrainerState> LoadVerifiedCheckpoint(const std::string& dir, Transformer& model, AdamW& optimizer,
-                                                    const CheckpointShard& shard = {});
-
-// VerifyCheckpoint, then LoadVerifiedCheckpoint.
+// Loads weights and optimizer state into the (already sharded) model and optimizer, verifying the files in
+// the same pass: each rank reads each file it needs once (memory-mapped, tensor by tensor), checksumming the
+// bytes as it copies them, and checks the files assigned to it as VerifyCheckpoint would (sizes before
+// anything is read, checksums at the end). OK on every rank, or on every rank the same error (DataLoss /
+// NotFound when the checkpoint is damaged). On error the model and optimizer hold a mix of old and new
+// values: load another checkpoint (which overwrites every tensor) or stop.
 absl::StatusOr<TrainerState> LoadCheckpoint(const std::string& dir, Transformer& model, AdamW& optimizer,
                                             const CheckpointShard& shard = {});
 

@@ -29,6 +29,7 @@ APT_PACKAGES=(
   python3 python3-venv
   chromium slurm-wlm munge
   clang-format
+  strace  # tests/tools:checkpoint_mpi_test counts each rank's reads of the checkpoint files
   patchelf  # tools/gpu/bundle.sh: the bundled binaries find their libraries through $ORIGIN
 )
 missing=()

@@ -229,14 +229,15 @@ absl::Status ResumeFromNewestIntact(const std::string& dir, Transformer& model, 
   std::vector<std::string> damaged;
   absl::Status first_damage;
   for (const std::string& candidate : candidates) {
-    const absl::Status verified = VerifyCheckpoint(candidate, shard);
-    if (absl::IsDataLoss(verified) || absl::IsNotFound(verified)) {
-      if (damaged.empty()) first_damage = verified;
+    // A damaged candidate may leave the model half loaded; the next candidate's load overwrites every tensor.
+    absl::StatusOr<TrainerState> loaded = LoadCheckpoint(candidate, model, optimizer, shard);
+    if (absl::IsDataLoss(loaded.status()) || absl::IsNotFound(loaded.status())) {
+      if (damaged.empty()) first_damage = loaded.status();
       damaged.push_back(candidate);
       continue;
     }
-    RETURN_IF_ERROR(verified);
-    ASSIGN_OR_RETURN(*state, LoadVerifiedCheckpoint(candidate, model, optimizer, shard));
+    RETURN_IF_ERROR(loaded.status());
+    *state = *loaded;
     if (damaged.empty()) {
       if (say)
         std::fprintf(stderr, "[train] resuming from %s (step %lld)\n", candidate.c_str(), (long long)state->step);

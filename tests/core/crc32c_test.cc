@@ -1,6 +1,7 @@
 // Tests core/crc32c.*: both implementations (SSE4.2 instruction, slicing-by-8) against the RFC 3720 B.4
 // known answers, against a plain bitwise reference over random buffers of every length class, offset and
 // split (including the three-stream blocks of the hardware path and their joins), and the dispatch.
+#include <algorithm>
 #include <cstdint>
 #include <random>
 #include <string>
@@ -96,6 +97,31 @@ TEST(Crc32cTest, ExtendEqualsWholeAcrossBlockJoins) {
       EXPECT_EQ(f(head, data.data() + cut, data.size() - cut), whole) << name << " cut " << cut;
     }
   }
+}
+
+TEST(Crc32cTest, CombineJoinsPiecesChecksummedSeparately) {
+  std::mt19937_64 rng(12);
+  std::vector<unsigned char> data(70000);
+  for (auto& b : data) b = static_cast<unsigned char>(rng());
+  const uint32_t whole = BitwiseCrc32c(0, data.data(), data.size());
+  for (size_t cut : {size_t{0}, size_t{1}, size_t{7}, size_t{8}, size_t{4096}, size_t{65535}, data.size()}) {
+    const uint32_t a = BitwiseCrc32c(0, data.data(), cut);
+    const uint32_t b = BitwiseCrc32c(0, data.data() + cut, data.size() - cut);
+    EXPECT_EQ(Crc32cCombine(a, b, data.size() - cut), whole) << "cut " << cut;
+  }
+  // Many pieces of random lengths, joined left to right, as the checkpoint loader joins a file's reads.
+  uint32_t joined = 0;
+  for (size_t at = 0; at < data.size();) {
+    const size_t n = std::min<size_t>(data.size() - at, rng() % 5000);
+    joined = Crc32cCombine(joined, Crc32c(data.data() + at, n), n);
+    at += n;
+  }
+  EXPECT_EQ(joined, whole);
+  // A long run of zeros (exercises high powers): CRC(A 0^n) through Extend against Combine.
+  const std::vector<unsigned char> zeros(1 << 20, 0);
+  const uint32_t a = Crc32c(data.data(), 100);
+  EXPECT_EQ(Crc32cCombine(a, Crc32c(zeros.data(), zeros.size()), zeros.size()),
+            Crc32cExtend(a, zeros.data(), zeros.size()));
 }
 
 }  // namespace

@@ -10,7 +10,12 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <sstream>
+#include <vector>
+
+#include "core/crc32c.h"
+#include "core/files.h"
 
 namespace hybridmoe {
 namespace {
@@ -195,6 +200,56 @@ TEST(SafetensorsTest, ReadsShardedIndex) {
   auto missing = SafetensorsReader::Open(dir + "/missing.index.json");
   ASSERT_FALSE(missing.ok());
   EXPECT_NE(std::string(missing.status().message()).find("nope.safetensors"), std::string::npos) << missing.status();
+}
+
+// The checkpoint loader's single pass: the digest the writer takes while writing, the digest of a tracking
+// reader (from the pieces its reads checksummed plus what it did not read) and a plain read of the file
+// agree, whichever tensors were read and in whatever order; a flipped byte shows in the reader's digest.
+TEST(SafetensorsTest, DigestWhileWritingAndWhileReadingEqualsTheFile) {
+  const std::string path = TmpDir() + "/digest.safetensors";
+  std::map<std::string, at::Tensor> tensors = {{"big", at::randn({300, 1000})},  // > one 256 KiB pass piece
+                                               {"empty", at::zeros({0, 4})},
+                                               {"half", at::randn({7}).to(at::kBFloat16)},
+                                               {"ids", at::arange(5, at::kLong)},
+                                               {"small", at::randn({3})}};
+  FileDigest written;
+  ASSERT_TRUE(WriteSafetensors(path, tensors, {{"format", "pt"}}, &written).ok());
+  absl::StatusOr<FileDigest> file = DigestFile(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ(written.bytes, file->bytes);
+  EXPECT_EQ(written.crc32c, file->crc32c);
+  EXPECT_EQ(file->crc32c, Crc32c(ReadBytes(path)));
+
+  const std::vector<std::vector<std::string>> orders = {
+      {}, {"small"}, {"small", "big"}, {"ids", "empty", "half", "big", "small"}, {"big", "big", "half"}};
+  for (const auto& order : orders) {
+    auto reader = SafetensorsReader::Open(path);
+    ASSERT_TRUE(reader.ok()) << reader.status();
+    (*reader)->TrackChecksums();
+    for (const std::string& name : order) {
+      auto t = (*reader)->Read(name);
+      ASSERT_TRUE(t.ok()) << t.status();
+      ExpectSame(*t, tensors.at(name), name);
+    }
+    absl::StatusOr<FileDigest> d = (*reader)->Digest(path);
+    ASSERT_TRUE(d.ok()) << d.status();
+    EXPECT_EQ(d->bytes, file->bytes) << order.size() << " reads";
+    EXPECT_EQ(d->crc32c, file->crc32c) << order.size() << " reads";
+    EXPECT_FALSE((*reader)->Digest(path + ".other").ok());
+  }
+
+  // One flipped bit inside "big": its values read back wrong and the digest says so.
+  std::string bytes = ReadBytes(path);
+  bytes[bytes.size() / 2] ^= 0x10;
+  WriteBytes(path, bytes);
+  auto reader = SafetensorsReader::Open(path);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  (*reader)->TrackChecksums();
+  ASSERT_TRUE((*reader)->Read("big").ok());
+  absl::StatusOr<FileDigest> damaged = (*reader)->Digest(path);
+  ASSERT_TRUE(damaged.ok());
+  EXPECT_EQ(damaged->crc32c, Crc32c(bytes));
+  EXPECT_NE(damaged->crc32c, file->crc32c);
 }
 
 TEST(SafetensorsTest, TruncatedFileNamesTheTensor) {

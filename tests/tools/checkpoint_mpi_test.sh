@@ -7,6 +7,9 @@
 #     (With a plain barrier rank 0 would give up after 2 s.)
 #  3. The same write past its deadline (floor 1000 MB/s, so about 2 s): the job ends non-zero with one line
 #     naming rank 1, and no checkpoint is published.
+#  4. One read per file: a resume under strace (each rank traced). Every rank opens each checkpoint file it
+#     needs once (the tensor files memory-mapped, never read() too; verification checksums the pieces the
+#     load reads), and opens its own shard's model and optimizer files; the losses equal the straight run's.
 set -uo pipefail
 TRAIN="$1"
 CONFIG="$2"
@@ -62,4 +65,43 @@ grep "^train: " "$T/stuck.log" >"$T/stuck.err"
   "$T/stuck.err" || { cat "$T/stuck.log"; fail "stuck write: message"; }
 [[ ! -d "$T/stuck/checkpoints/step_00000010" ]] || fail "stuck write: checkpoint published"
 echo "ok: stuck write -> $(sed "s|$T/||g" "$T/stuck.err") (exit $rc)"
+
+# 4. Each file read once per load on each rank.
+cp -r "$T/straight" "$T/reads"
+rm -r "$T/reads/checkpoints/step_00000020"
+"${MPI[@]}" bash -c 'exec strace -f -qq -e trace=openat,open,read,pread64,close -o "$0.$OMPI_COMM_WORLD_RANK" "$@"' \
+  "$T/trace" "$TRAIN" --resume --out_dir="$T/reads" --quiet >"$T/reads.log" 2>&1 || { cat "$T/reads.log"; fail "traced resume"; }
+diff <(losses "$T/straight/metrics.jsonl") <(losses "$T/reads/metrics.jsonl") || fail "traced resume: losses differ"
+python3 - "$T/trace" "$T/reads/checkpoints/step_00000010" <<'PY' || fail "file reads"
+import collections, re, sys
+prefix, ckpt = sys.argv[1], sys.argv[2] + "/"
+call = re.compile(r'^(\d+)\s+(openat|open|read|pread64|close)\((.*)\)\s+=\s+(-?\d+)')
+for rank in (0, 1):
+    opens, read_bytes, fds = collections.Counter(), collections.Counter(), {}
+    for line in open(f"{prefix}.{rank}"):
+        m = call.match(line)
+        if not m:
+            continue
+        pid, name, args, ret = m.group(1), m.group(2), m.group(3), int(m.group(4))
+        if name in ("openat", "open"):
+            path = re.search(r'"([^"]*)"', args).group(1)
+            if ret >= 0:
+                fds[(pid, ret)] = path
+                if path.startswith(ckpt):
+                    opens[path[len(ckpt):]] += 1
+        elif name == "close":
+            fds.pop((pid, int(args.split(",")[0])), None)
+        elif ret > 0:
+            path = fds.get((pid, int(args.split(",")[0])), "")
+            if path.startswith(ckpt):
+                read_bytes[path[len(ckpt):]] += ret
+    tensors = {f: n for f, n in opens.items() if f.endswith(".safetensors")}
+    mine = [f"model-0000{rank}-of-00002.safetensors", f"optimizer-0000{rank}-of-00002.safetensors"]
+    print(f"rank {rank}: opens {dict(sorted(opens.items()))}; read() bytes of tensor files "
+          f"{ {f: read_bytes[f] for f in tensors if read_bytes[f]} }")
+    assert all(opens[f] == 1 for f in mine), f"rank {rank} opened its own shard files {[opens[f] for f in mine]} times"
+    assert all(n == 1 for n in opens.values()), f"rank {rank} opened a checkpoint file more than once: {opens}"
+    assert not any(read_bytes[f] for f in tensors), f"rank {rank} read() tensor files besides mapping them"
+PY
+echo "ok: traced resume: each rank opened each checkpoint file once (tensor files mapped only); losses identical"
 echo PASS
