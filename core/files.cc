@@ -162,13 +162,22 @@ MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
   return *this;
 }
 
-void MappedFile::Release(const uint8_t* p, size_t n) const {
+namespace {
+
+// madvise over the whole pages inside or around [p, p + n).
+void AdvisePages(const uint8_t* p, size_t n, int advice) {
   if (n == 0) return;
   static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
   const uintptr_t first = reinterpret_cast<uintptr_t>(p) / page * page;
   const uintptr_t last = (reinterpret_cast<uintptr_t>(p) + n + page - 1) / page * page;
-  madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+  madvise(reinterpret_cast<void*>(first), last - first, advice);
 }
+
+}  // namespace
+
+void MappedFile::Release(const uint8_t* p, size_t n) const { AdvisePages(p, n, MADV_DONTNEED); }
+
+void MappedFile::Prefetch(const uint8_t* p, size_t n) const { AdvisePages(p, n, MADV_WILLNEED); }
 
 MappedFile::~MappedFile() {
   if (map_ != nullptr) munmap(map_, bytes_);

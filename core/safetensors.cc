@@ -1,5 +1,6 @@
 #include "core/safetensors.h"
 
+#include <ATen/core/grad_mode.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -309,24 +310,45 @@ absl::StatusOr<at::Tensor> SafetensorsReader::Read(const std::string& name) cons
   const SafetensorsEntry* e = entry(name);
   if (e == nullptr) return absl::NotFoundError(absl::StrCat(path_, ": no tensor named ", name));
   at::Tensor t = at::empty(e->shape, at::TensorOptions().dtype(e->scalar_type));
-  if (e->end > e->begin) {
-    const Shard& shard = files_[e->file];
-    const uint8_t* src = shard.data + e->begin;
-    const uint64_t n = e->end - e->begin;
-    auto* dst = static_cast<uint8_t*>(t.data_ptr());
-    const bool checksum = track_ && !shard.pieces.count(e->begin);
-    uint32_t crc = 0;
-    for (uint64_t at = 0; at < n; at += kPassPiece) {
-      const uint64_t m = std::min(kPassPiece, n - at);
-      std::memcpy(dst + at, src + at, m);
-      if (checksum) crc = Crc32cExtend(crc, dst + at, m);
-      // Drop the pages just read from this process (a neighbour's page read again later comes back from the
-      // page cache), so reading a checkpoint tensor by tensor keeps resident memory at about one tensor.
-      shard.file.Release(src + at, m);
-    }
-    if (checksum) shard.pieces.emplace(e->begin, std::make_pair(e->end, crc));
-  }
+  RETURN_IF_ERROR(ReadInto(name, t));
   return t;
+}
+
+absl::Status SafetensorsReader::ReadInto(const std::string& name, at::Tensor dst) const {
+  const SafetensorsEntry* e = entry(name);
+  if (e == nullptr) return absl::NotFoundError(absl::StrCat(path_, ": no tensor named ", name));
+  if (dst.sizes() != at::IntArrayRef(e->shape)) {
+    return absl::InvalidArgumentError(absl::StrCat(file_of(name), ": tensor ", name, " has shape ",
+                                                   ShapeString(e->shape), ", the destination ",
+                                                   ShapeString(dst.sizes().vec())));
+  }
+  if (!dst.device().is_cpu() || dst.scalar_type() != e->scalar_type || !dst.is_contiguous()) {
+    at::Tensor t = at::empty(e->shape, at::TensorOptions().dtype(e->scalar_type));
+    RETURN_IF_ERROR(ReadInto(name, t));
+    at::NoGradGuard no_grad;
+    dst.copy_(t);
+    return absl::OkStatus();
+  }
+  if (e->end == e->begin) return absl::OkStatus();
+  const Shard& shard = files_[e->file];
+  const uint8_t* src = shard.data + e->begin;
+  const uint64_t n = e->end - e->begin;
+  auto* out = static_cast<uint8_t*>(dst.data_ptr());
+  const bool checksum = track_ && !shard.pieces.count(e->begin);
+  shard.file.Prefetch(src, n);
+  uint32_t crc = 0;
+  for (uint64_t at = 0; at < n; at += kPassPiece) {
+    const uint64_t m = std::min(kPassPiece, n - at);
+    std::memcpy(out + at, src + at, m);
+    if (checksum) crc = Crc32cExtend(crc, out + at, m);
+    // Drop the pages just read from this process (a neighbour's page read again later comes back from the
+    // page cache), so reading a checkpoint tensor by tensor keeps resident memory at about one tensor.
+    shard.file.Release(src + at, m);
+  }
+  if (checksum) shard.pieces.emplace(e->begin, std::make_pair(e->end, crc));
+  // An in-place write like copy_: whoever keys on the version (bf16 compute copies, autograd) sees it.
+  if (!dst.is_inference()) dst.unsafeGetTensorImpl()->bump_version();
+  return absl::OkStatus();
 }
 
 std::vector<std::string> SafetensorsReader::files() const {
@@ -341,6 +363,7 @@ absl::StatusOr<FileDigest> SafetensorsReader::Digest(const std::string& file) co
     if (shard.file.path() != file) continue;
     // The bytes [from, to) of the file that no tracked Read covered, read here from the map.
     auto through = [&](uint32_t crc, const uint8_t* from, const uint8_t* to) {
+      if (to > from) shard.file.Prefetch(from, to - from);
       for (; from < to; from += std::min<uint64_t>(kPassPiece, to - from)) {
         const uint64_t m = std::min<uint64_t>(kPassPiece, to - from);
         crc = Crc32cExtend(crc, from, m);

@@ -63,6 +63,10 @@ class SafetensorsReader {
   const SafetensorsEntry* entry(const std::string& name) const;
   // Copies one tensor out of the map (CPU, contiguous, the file's dtype).
   absl::StatusOr<at::Tensor> Read(const std::string& name) const;
+  // Copies one tensor out of the map into `dst` (same shape; a CPU tensor of the file's dtype is written in
+  // place: contiguous straight from the map, one copy; anything else through a temporary). The pages are
+  // asked for ahead of the copy (madvise WILLNEED), so a cold file streams instead of faulting page by page.
+  absl::Status ReadInto(const std::string& name, at::Tensor dst) const;
   // The file (shard) holding `name`, for error messages; the opened path when absent.
   const std::string& file_of(const std::string& name) const;
   // The checkpoint loader's single pass over each file. After TrackChecksums(), every Read also takes the

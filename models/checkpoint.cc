@@ -324,9 +324,7 @@ absl::Status LoadSlots(const SafetensorsReader& reader, std::vector<WeightSlot> 
                                                      absl::StrJoin(e->shape, ","), "], expected [",
                                                      absl::StrJoin(s.value.sizes(), ","), "]"));
     }
-    ASSIGN_OR_RETURN(at::Tensor t, reader.Read(s.key));
-    at::NoGradGuard no_grad;
-    s.value.copy_(t);
+    RETURN_IF_ERROR(reader.ReadInto(s.key, s.value));
   }
   return absl::OkStatus();
 }

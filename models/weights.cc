@@ -83,7 +83,8 @@ TensorSource SourceFromReader(const SafetensorsReader& reader) {
   for (const std::string& name : reader.names()) {
     const SafetensorsEntry* e = reader.entry(name);
     source.tensors[name] = {e->shape, e->scalar_type, absl::StrCat(reader.file_of(name), ": tensor ", name),
-                            [&reader, name] { return reader.Read(name); }};
+                            [&reader, name] { return reader.Read(name); },
+                            [&reader, name](const at::Tensor& dst) { return reader.ReadInto(name, dst); }};
   }
   return source;
 }
@@ -144,6 +145,10 @@ absl::Status LoadModelWeightsFrom(Transformer& model, const TensorSource& source
   for (const WeightSlot& s : slots) {
     auto it = source.tensors.find(s.key);
     if (it == source.tensors.end()) continue;
+    if (it->second.read_into) {
+      RETURN_IF_ERROR(it->second.read_into(s.value));
+      continue;
+    }
     ASSIGN_OR_RETURN(const at::Tensor t, it->second.read());
     if (t.sizes() != s.value.sizes()) {
       return absl::InternalError(absl::StrCat(it->second.where, ": read shape ", ShapeString(t.sizes()),

@@ -53,6 +53,8 @@ struct SourceTensor {
   at::ScalarType dtype = at::kFloat;
   std::string where;  // for errors, e.g. "dir/model.safetensors: tensor embed"
   std::function<absl::StatusOr<at::Tensor>()> read;
+  // Optional: reads straight into a destination of the same shape (SafetensorsReader::ReadInto).
+  std::function<absl::Status(const at::Tensor&)> read_into;
 };
 struct TensorSource {
   std::string origin;                           // the file or directory, for errors

@@ -43,12 +43,6 @@ MPI_Datatype MpiType(at::ScalarType t) {
   }
 }
 
-std::vector<int64_t> Offsets(const std::vector<int64_t>& counts) {
-  std::vector<int64_t> off(counts.size() + 1, 0);
-  std::partial_sum(counts.begin(), counts.end(), off.begin() + 1);
-  return off;
-}
-
 }  // namespace
 
 std::string DescribeRanks(const std::vector<int>& world_ranks) {
