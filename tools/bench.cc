@@ -1,5 +1,5 @@
 // bazel-bin/tools/bench [--config=configs/bench.textproto] [--override=TEXTPROTO]... [--threads=N] [--rounds=R]
-//   [--hf=auto|on|off] [--sections=LIST] [--json_out=FILE] [--random_tokens]
+//   [--hf=auto|on|off] [--sections=LIST] [--json_out=FILE] [--random_tokens] [--fp32_reference=on|off]
 // Under `mpirun --bind-to none -np N` the experts are sharded over the N ranks (--expert_parallel_size) and
 // the scaling and all-to-all sections run (without --bind-to none, mpirun pins each rank to one core and
 // the 1-rank side of the scaling section cannot use the others; cpus_allowed in the report shows it).
@@ -48,6 +48,7 @@ struct Options {
   std::string hf = "auto";
   std::set<std::string> sections;
   bool random_tokens = false;
+  bool fp32_reference = true;  // in BF16, an FP32 copy of the run alternated with it (a second set of states)
   bool keep_freed_memory = false;  // KeepFreedMemoryForReuse() applied (and passed on to transformers)
   std::string json_out;
   HfPaths hf_paths;
@@ -101,7 +102,7 @@ absl::Status Run(const Options& o, TrainConfig config) {
   const bool bf16 = model->compute_dtype() == at::kBFloat16;
   // In BF16 the same run in FP32 (same weights and batch), alternated with it: the speed-up of mixed precision.
   std::unique_ptr<Trainer> fp32_trainer;
-  if (bf16 && o.Want("train")) {
+  if (bf16 && o.Want("train") && o.fp32_reference) {
     TrainConfig fp32 = config;
     fp32.mutable_train()->set_precision(TrainRunConfig::FP32);
     ASSIGN_OR_RETURN(fp32_trainer, Trainer::Create(fp32, ctx));
@@ -368,6 +369,9 @@ int main(int argc, char** argv) {
       {"convert_hf", "convert_hf binary (default: beside this binary)"},
       {"expert_parallel_size", "experts sharded over this many ranks (default 0: all ranks, if E divides)"},
       {"random_tokens", "uniform random tokens instead of the config's training data", true},
+      {"fp32_reference",
+       "on (default): in BF16 also time an FP32 copy of the run, alternated; off: BF16 alone (one set of states, "
+       "for memory measurements)"},
       {"json_out", "also write the JSON report to this file"},
       {"child_memory", "internal: train 3 steps with activation checkpointing 0/1 and print peak memory"},
       {"help", "show this help", true},
@@ -400,6 +404,12 @@ int main(int argc, char** argv) {
     }
     *value = static_cast<int>(*v);
   }
+  const std::string fp32_reference = cl->Get("fp32_reference", "on");
+  if (fp32_reference != "on" && fp32_reference != "off") {
+    std::fprintf(stderr, "bench: --fp32_reference (%s) must be on or off\n", fp32_reference.c_str());
+    return 2;
+  }
+  o.fp32_reference = fp32_reference == "on";
   if (o.hf != "auto" && o.hf != "on" && o.hf != "off") {
     std::fprintf(stderr, "bench: --hf (%s) must be auto, on or off\n", o.hf.c_str());
     return 2;

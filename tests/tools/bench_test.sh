@@ -97,6 +97,24 @@ if "bf16_at_least_1.8x_fp32" not in r["targets"]:
 print("BF16 report ok: bf16/fp32 %.2f, ours/faster transformers %.2f" % (r["train"]["bf16_over_fp32"]["median"], faster))
 PY
 
+# BF16 without the FP32 copy (--fp32_reference=off, for memory measurements): one trainer, no comparison.
+"$BENCH" --config="$CONFIG" --override="$TINY" --override='train { precision: BF16 }' --random_tokens --rounds=1 \
+  --threads=1 --sections=train --hf=off --fp32_reference=off >"$T/bf16_alone.out" 2>"$T/bf16_alone.err" ||
+  { cat "$T/bf16_alone.err"; fail "BF16 bench with --fp32_reference=off failed"; }
+"$PY" - "$T/bf16_alone.out" "$T/bf16_alone.err" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+if "bf16_over_fp32" in r["train"] or "fp32_tokens_per_s" in r["train"]:
+    sys.exit("FAIL: --fp32_reference=off still timed an FP32 copy of the run")
+if "matmul_peak_flops_bf16" not in r["train"] and "training in FP32" not in open(sys.argv[2]).read():
+    sys.exit("FAIL: BF16 bench alone reports neither the bf16 peak nor the fallback")
+print("BF16 alone ok: %.0f tokens/s" % r["train"]["tokens_per_s"])
+PY
+if "$BENCH" --config="$CONFIG" --fp32_reference=maybe >/dev/null 2>"$T/badflag.err"; then
+  fail "--fp32_reference=maybe was accepted"
+fi
+grep -q -- "--fp32_reference (maybe) must be on or off" "$T/badflag.err" || { cat "$T/badflag.err"; fail "bad --fp32_reference message"; }
+
 # Two ranks: expert parallelism over the ranks, scaling and all-to-all sections.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export TMPDIR="$T" OMPI_MCA_btl_vader_backing_directory="$T"
