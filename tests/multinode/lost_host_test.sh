@@ -69,9 +69,17 @@ t_ranks=$(now)
 # 5 minutes); that case notes it and ends mpirun after the margin, every other case requires mpirun to end.
 mpirun_bound=$((TIMEOUT_S + MARGIN_S + 10))
 while kill -0 $job 2>/dev/null && (( $(since "$t0" "$(now)" | cut -d. -f1) < mpirun_bound )); do sleep 0.1; done
-if kill -0 $job 2>/dev/null && [[ "$MODE" == cut && "$WHEN" == startup ]]; then
-  echo "note: mpirun still runs $mpirun_bound s after the cut, its ranks on node0 gone; ending it (SIGTERM)"
+mpirun_stuck=""
+if kill -0 $job 2>/dev/null; then
+  if [[ "$MODE" == cut && "$WHEN" == startup ]]; then
+    echo "note: mpirun still runs $mpirun_bound s after the cut, its ranks on node0 gone; ending it (SIGTERM)"
+  else  # a failure, reported below with the run's log (without this the test waited into Bazel's timeout)
+    mpirun_stuck="mpirun still ran $mpirun_bound s after node1 was lost (ranks left on node0:${left:- none})"
+    echo "$mpirun_stuck; ending it"
+  fi
   kill -TERM $job
+  for _ in $(seq 50); do kill -0 $job 2>/dev/null || break; sleep 0.1; done
+  kill -KILL $job 2>/dev/null
 fi
 wait $job
 rc=$?
@@ -79,6 +87,7 @@ t_job=$(now)
 echo "node0's ranks gone $(since "$t0" "$t_ranks") s after the loss, mpirun $(since "$t0" "$t_job") s (status $rc)" \
   "(parallel.timeout_s $TIMEOUT_S)"
 [[ -z "$left" ]] || { show "$T/run.log"; fail "node0's ranks$left still ran 120 s after node1 was lost"; }
+[[ -z "$mpirun_stuck" ]] || { show "$T/run.log"; fail "$mpirun_stuck"; }
 # (137: mpirun's own status when a rank died of SIGKILL; a `timeout` expiry is caught by the time check below.)
 [[ $rc != 0 ]] || { show "$T/run.log"; fail "mpirun exit status 0"; }
 python3 -c "import sys; sys.exit(float(sys.argv[1]) > float(sys.argv[2]))" "$(since "$t0" "$t_ranks")" \
