@@ -48,7 +48,7 @@ struct Options {
   std::string hf = "auto";
   std::set<std::string> sections;
   bool random_tokens = false;
-  bool fp32_reference = true;  // in BF16, an FP32 copy of the run alternated with it (a second set of states)
+  bool fp32_reference = true;      // in BF16, an FP32 copy of the run alternated with it (a second set of states)
   bool keep_freed_memory = false;  // KeepFreedMemoryForReuse() applied (and passed on to transformers)
   std::string json_out;
   HfPaths hf_paths;
