@@ -69,10 +69,19 @@ t_ranks=$(now)
 # 5 minutes); that case notes it and ends mpirun after the margin, every other case requires mpirun to end.
 mpirun_bound=$((TIMEOUT_S + MARGIN_S + 10))
 while kill -0 $job 2>/dev/null && (( $(since "$t0" "$(now)" | cut -d. -f1) < mpirun_bound )); do sleep 0.1; done
-mpirun_stuck=""
+# After a cut mid-run, mpirun can also hang in its own abort once the ranks on node0 are gone: its daemon logs
+# "ORTE_ERROR_LOG: Data unpack would read past end of buffer in file .../orte/util/show_help.c" and stays
+# (seen in 2 of 18 runs on 2026-12-02, the ranks gone after 10 s; it segfaulted on SIGTERM). That OpenMPI
+# defect is noted and mpirun ended; any other mpirun still alive is a failure.
+mpirun_stuck="" mpirun_excused=""
 if kill -0 $job 2>/dev/null; then
   if [[ "$MODE" == cut && "$WHEN" == startup ]]; then
     echo "note: mpirun still runs $mpirun_bound s after the cut, its ranks on node0 gone; ending it (SIGTERM)"
+    mpirun_excused=1
+  elif [[ "$MODE" == cut && -z "$left" ]] && grep -q "ORTE_ERROR_LOG: .*show_help\.c" "$T/run.log"; then
+    echo "note: mpirun hangs in its abort (its show_help unpack error) $mpirun_bound s after the cut, its ranks on" \
+      "node0 gone; ending it (SIGTERM)"
+    mpirun_excused=1
   else  # a failure, reported below with the run's log (without this the test waited into Bazel's timeout)
     mpirun_stuck="mpirun still ran $mpirun_bound s after node1 was lost (ranks left on node0:${left:- none})"
     echo "$mpirun_stuck; ending it"
@@ -92,7 +101,7 @@ echo "node0's ranks gone $(since "$t0" "$t_ranks") s after the loss, mpirun $(si
 [[ $rc != 0 ]] || { show "$T/run.log"; fail "mpirun exit status 0"; }
 python3 -c "import sys; sys.exit(float(sys.argv[1]) > float(sys.argv[2]))" "$(since "$t0" "$t_ranks")" \
   $((TIMEOUT_S + MARGIN_S)) || { show "$T/run.log"; fail "node0's ranks took longer than $TIMEOUT_S + $MARGIN_S s"; }
-[[ "$MODE" == cut && "$WHEN" == startup ]] ||
+[[ -n "$mpirun_excused" ]] ||
   python3 -c "import sys; sys.exit(float(sys.argv[1]) > float(sys.argv[2]))" "$(since "$t0" "$t_job")" $((mpirun_bound + 1)) ||
   { show "$T/run.log"; fail "mpirun took longer than $mpirun_bound s"; }
 # The ranks' own line ("ranks 2, 3 are unresponsive or dead") or mpirun's, whichever spoke first: "process rank
