@@ -71,7 +71,7 @@ mpirun_bound=$((TIMEOUT_S + MARGIN_S + 10))
 while kill -0 $job 2>/dev/null && (( $(since "$t0" "$(now)" | cut -d. -f1) < mpirun_bound )); do sleep 0.1; done
 # After a cut mid-run, mpirun can also hang in its own abort once the ranks on node0 are gone: its daemon logs
 # "ORTE_ERROR_LOG: Data unpack would read past end of buffer in file .../orte/util/show_help.c" and stays
-# (seen in 2 of 18 runs on 2026-12-02, the ranks gone after 10 s; it segfaulted on SIGTERM). That OpenMPI
+# (2 of 18 runs hung on 2026-12-02; the one with a log: ranks gone after 10 s, mpirun segfaulted on SIGTERM). That OpenMPI
 # defect is noted and mpirun ended; any other mpirun still alive is a failure.
 mpirun_stuck="" mpirun_excused=""
 if kill -0 $job 2>/dev/null; then
