@@ -70,11 +70,6 @@ __attribute__((target("avx512f,avx512bf16"))) void RmsRowsBackward(const c10::BF
 
 #pragma GCC diagnostic pop
 
-bool CpuHasAvx512Bf16() {
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
-  return has;
-}
-
 class FusedBf16RmsNorm : public torch::autograd::Function<FusedBf16RmsNorm> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
@@ -123,10 +118,15 @@ class FusedBf16RmsNorm : public torch::autograd::Function<FusedBf16RmsNorm> {
 bool UseFusedBf16RmsNorm(const at::Tensor& x, const at::Tensor& weight) {
   return x.scalar_type() == at::kBFloat16 && x.device().is_cpu() && weight.scalar_type() == at::kFloat &&
          weight.dim() == 1 && x.dim() >= 1 && x.size(-1) == weight.size(0) && x.size(-1) % kLanes == 0 &&
-         x.numel() > 0 && !weight.is_meta() && CpuHasAvx512Bf16();
+         x.numel() > 0 && !weight.is_meta() && FusedBf16RmsNormAvailable();
 }
 
 }  // namespace
+
+bool FusedBf16RmsNormAvailable() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+  return has;
+}
 
 at::Tensor at_least_fp32(const at::Tensor& x) {
   return at::isReducedFloatingType(x.scalar_type()) ? x.to(at::kFloat) : x;

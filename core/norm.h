@@ -24,6 +24,8 @@ at::Tensor at_least_fp32(const at::Tensor& x);
 // rms_norm of bf16 activations on a CPU with AVX512-BF16 runs one fused kernel per direction (same formula, fp32
 // statistics and products; RecordFunction name "hybridmoe::fused_bf16_rms_norm"); otherwise the composite.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+// Whether this CPU runs the fused kernel (AVX-512 with AVX512-BF16).
+bool FusedBf16RmsNormAvailable();
 // The same as ATen ops (fp32 for bf16 inputs): the reference the fused kernel is tested against.
 at::Tensor rms_norm_composite(const at::Tensor& x, const at::Tensor& weight, double eps);
 at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps);

@@ -8,8 +8,6 @@
 namespace hybridmoe {
 namespace {
 
-bool CpuRunsFusedKernel() { return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16"); }
-
 struct Pass {
   at::Tensor y, dx, dw;
 };
@@ -30,7 +28,7 @@ std::pair<double, double> Agreement(const at::Tensor& a, const at::Tensor& ref) 
 }
 
 TEST(FusedBf16RmsNormTest, EqualsTheFp32CompositeForwardAndBackward) {
-  if (!CpuRunsFusedKernel()) GTEST_SKIP() << "this CPU has no AVX512-BF16: rms_norm is the composite";
+  if (!FusedBf16RmsNormAvailable()) GTEST_SKIP() << "this CPU has no AVX512-BF16: rms_norm is the composite";
   at::manual_seed(7);
   for (const std::vector<int64_t>& shape : std::vector<std::vector<int64_t>>{{4, 37, 512}, {3, 64}, {1000, 128}}) {
     SCOPED_TRACE(shape.back());

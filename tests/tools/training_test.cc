@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include "core/config.h"
+#include "core/norm.h"
 #include "core/optim.h"
 #include "parallel/context.h"
 #include "parallel/device.h"
@@ -156,7 +157,7 @@ TEST_F(TrainingTest, Bf16ComputesGemmsInBf16AndKeepsRouterNormsLossesAndReductio
     const bool rms = norm.find("RMS") != std::string::npos;
     // bf16 RMSNorm runs as one fused kernel where the CPU has AVX512-BF16 (it reads bf16 and computes in fp32:
     // tests/core/norm_test checks it against the fp32 composite), else as the composite, whose rsqrt is fp32.
-    const bool fused_rms = rms && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+    const bool fused_rms = rms && FusedBf16RmsNormAvailable();
     std::vector<const char*> fp32_only = {"aten::_softmax",     "aten::topk",          "aten::logsumexp",
                                           "aten::_log_softmax", "aten::_foreach_norm", "aten::_fused_adamw_"};
     if (!fused_rms) fp32_only.push_back(rms ? "aten::rsqrt" : "aten::native_layer_norm");
